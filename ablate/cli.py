@@ -1,0 +1,215 @@
+"""The `ablate` command: list, teacher, distill, run, report, compare."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    from ablate.config import RunConfig
+    import dataclasses
+
+    for f in dataclasses.fields(RunConfig):
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar=f.name.upper(),
+                       help=f"(default: {f.default})")
+
+
+def _sink_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", default=None, help="local run store folder (default: $ABLATE_STORE or ./runs)")
+    p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+                   help="W&B mode: auto = online with credentials, offline otherwise (default: auto)")
+    p.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "ablate"))
+    p.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="show every registry (policies, losses, models, datasets, teachers, studies)")
+
+    t = sub.add_parser("teacher", help="train (or load from cache) a named teacher and report its accuracy")
+    t.add_argument("action", choices=["train"])
+    t.add_argument("name")
+    t.add_argument("--no-progress", action="store_true")
+
+    d = sub.add_parser("distill", help="run one distillation run from flags")
+    _config_args(d)
+    _sink_args(d)
+
+    r = sub.add_parser("run", help="run a study: every cell not yet done")
+    r.add_argument("study", help="study name (in ./studies) or path to a study file")
+    r.add_argument("--preset", default=None)
+    r.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
+    r.add_argument("--shard", default=None, metavar="K/N", help="run only the K-th of N disjoint slices")
+    _sink_args(r)
+
+    rep = sub.add_parser("report", help="render a study's figures and report.md from its logged runs")
+    rep.add_argument("study")
+    rep.add_argument("--preset", default=None)
+    rep.add_argument("--store", default=None)
+    rep.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
+    rep.add_argument("--out", default=None, help="output folder (default: reports/STUDY)")
+
+    c = sub.add_parser("compare", help="table of runs grouped over seeds, ranked, with deltas to a baseline")
+    c.add_argument("filters", nargs="*", help="FIELD=VALUE filters, e.g. policy=funmatch meta/study=consistency")
+    c.add_argument("--store", default=None)
+    c.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
+    c.add_argument("--metric", default="best/test/acc")
+    c.add_argument("--by", default=None, help="comma-separated fields to group by (default: the fields that vary)")
+    c.add_argument("--baseline", default=None, help="FIELD=VALUE of the baseline group, e.g. policy=supervised")
+    c.add_argument("--csv", default=None, help="also write the table to this CSV file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ablate.config import ConfigError
+    from ablate.data import DataError
+    from ablate.registry import UnknownNameError
+    from ablate.store import StoreError
+    from ablate.study import StudyError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (ConfigError, StudyError, UnknownNameError, DataError) as e:
+        print(f"ablate: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as e:
+        print(f"ablate: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ablate: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def cmd_list(args) -> None:
+    from ablate.data import DATASETS
+    from ablate.losses import LOSSES
+    from ablate.models import MODELS
+    from ablate.policies import POLICIES
+    from ablate.registry import summary
+    from ablate.study import available_studies, load_study, StudyError
+    from ablate.teachers import TEACHERS
+
+    for title, reg in [("policies", POLICIES), ("losses", LOSSES), ("models", MODELS),
+                       ("datasets", DATASETS), ("teachers", TEACHERS)]:
+        print(f"{title}:")
+        for name, entry in reg.items():
+            print(f"  {name:<18} {summary(entry)}")
+    print("studies:")
+    for name in available_studies():
+        try:
+            question = load_study(name).question
+        except StudyError as e:
+            question = f"(cannot load: {str(e).splitlines()[0]})"
+        print(f"  {name:<18} {question}")
+
+
+def cmd_teacher(args) -> None:
+    from ablate.teachers import get_teacher, teacher_dir
+
+    t = get_teacher(args.name, progress=not args.no_progress)
+    s = t.summary
+    print(f"teacher {args.name}: test acc {s['last/test/acc']:.4f}, val acc {s['last/val/acc']:.4f} "
+          f"({s.get('last/time/train_s', 0):.0f} s of training), stored in {teacher_dir(args.name)}")
+
+
+def _runner(args):
+    from ablate import paths
+    from ablate.runner import Runner
+    from ablate.store import RunStore
+    from ablate.tracking import resolve_mode
+
+    resolve_mode(args.wandb)
+    return Runner(RunStore(args.store or paths.store_dir()), args.wandb, args.wandb_project,
+                  args.wandb_entity, progress=not args.no_progress)
+
+
+def cmd_distill(args) -> None:
+    import dataclasses
+    from ablate.config import RunConfig, validate
+    from ablate.study import Cell
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
+    cfg = RunConfig.from_dict({**RunConfig().to_dict(), **values})
+    validate(cfg)
+    runner = _runner(args)
+    cell = Cell(cfg, {"policy": cfg.policy})
+    if runner.store.is_done(cell.run_id):
+        print(f"run {cell.run_id} is already done; results in {runner.store.run_dir(cell.run_id)}")
+    else:
+        outcome = runner.run(cell, group="distill")
+        if outcome == "busy":
+            print(f"run {cell.run_id} is being run by another process", file=sys.stderr)
+            return 1
+    _print_summary(runner.store, cell.run_id)
+    return 1 if runner.store.status(cell.run_id).get("state") == "failed" else 0
+
+
+def _print_summary(store, run_id) -> None:
+    rec = store.record(run_id)
+    keys = ["best/val/acc", "best/test/acc", "last/test/acc", "last/test/agree_top1", "last/test/kl",
+            "last/train/loss", "teacher/test/acc", "wall_s"]
+    print(f"run {run_id}: {rec.get('status')}  ({store.run_dir(run_id)})")
+    for k in keys:
+        if rec.get(k) is not None:
+            print(f"  {k:<22} {rec[k]:.4f}")
+
+
+def cmd_run(args) -> int:
+    from ablate.study import cells, load_study, run_cells, shard
+    from ablate import estimate
+
+    study = load_study(args.study)
+    grid = shard(cells(study, args.preset), args.shard)
+    if args.dry_run:
+        print(estimate.describe_grid(study, grid, args.preset))
+        return 0
+    runner = _runner(args)
+    group = study.name
+    outcome = run_cells(grid, lambda c: runner.run(c, group=group), runner.store.is_done,
+                        progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})")
+    print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
+          f"{outcome.busy} being run elsewhere; runs in {runner.store.root}")
+    if outcome.ran or outcome.skipped:
+        print(f"render it with: ablate report {args.study}" + (f" --preset {args.preset}" if args.preset else ""))
+    return 1 if outcome.failed else 0
+
+
+def cmd_report(args) -> None:
+    from ablate import paths, report
+    from ablate.store import RunStore
+    from ablate.study import load_study
+
+    study = load_study(args.study)
+    out = report.render(study, args.preset, source=args.source, store=RunStore(args.store or paths.store_dir()),
+                        out_dir=args.out)
+    print(f"report written to {out / 'report.md'}")
+
+
+def cmd_compare(args) -> None:
+    from ablate import paths, report
+    from ablate.store import RunStore
+
+    table = report.compare(report.load_runs(args.source, RunStore(args.store or paths.store_dir())),
+                           args.filters, metric=args.metric, by=args.by, baseline=args.baseline)
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"written {args.csv}")
+
+
+COMMANDS = {"list": cmd_list, "teacher": cmd_teacher, "distill": cmd_distill, "run": cmd_run,
+            "report": cmd_report, "compare": cmd_compare}
+
+if __name__ == "__main__":
+    sys.exit(main())

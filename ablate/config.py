@@ -1,0 +1,146 @@
+"""Run configs: frozen, validated, and named by a hash of their content."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from ablate import optim
+
+
+class ConfigError(ValueError):
+    """A config value that is wrong; the message says which field, what was given and what is valid."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run (a distillation run or a supervised one)."""
+
+    dataset: str = "fashion_mnist"
+    teacher: str | None = "fmnist_t"  # a named teacher (see `ablate list`), None for label-only runs
+    model: str = "resnet_s"
+    policy: str = "funmatch"
+    loss: str = "kl"
+    temperature: float = 1.0
+    label_smoothing: float = 0.0
+    mixup_p: float = 1.0  # Beta(p, p) mixup for policies that mix; 0 disables mixing
+    ic_min_area: float = 0.25  # smallest inception-crop area fraction
+    ens_crops: int = 16  # K crops averaged by fix/ic_ens
+    epochs: float = 100.0  # passes over the (sub)set the run trains on
+    batch_size: int = 128
+    lr: float = 3e-3
+    wd: float = 1e-4
+    warmup_frac: float = 0.05  # share of the schedule spent in linear warmup
+    optimizer: str = "adam"
+    clip: float = 1.0
+    subset_per_class: int | None = 100  # training examples per class; None trains on the full train split
+    subset_seed: int = 0
+    resolution: int = 0  # student input size; 0 means the dataset's default
+    init: str | None = None  # run id of a finished run whose student initialises this one
+    seed: int = 0
+    num_evals: int = 20  # evaluations spread evenly over the schedule
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build from a dict; unknown fields and wrongly typed values are errors."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(names)}")
+        coerced = {k: _coerce(k, v, names[k].type) for k, v in values.items()}
+        return cls(**coerced)
+
+    def replace(self, **changes) -> "RunConfig":
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+    @property
+    def run_id(self) -> str:
+        """A deterministic id: 12 hex digits of the SHA-256 of the canonical JSON of the config."""
+        return content_hash(self.to_dict())[:12]
+
+    @property
+    def total_steps_per_example(self) -> float:
+        return self.epochs / self.batch_size
+
+
+def content_hash(obj: Any) -> str:
+    """SHA-256 hex digest of an object's canonical JSON: the one hash used for ids and cache keys."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Accept ints for floats and numeric strings from the command line; reject everything else clearly."""
+    optional = "None" in annotation
+    base = annotation.replace(" | None", "")
+    if value is None or (isinstance(value, str) and value.lower() == "none" and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{name} must be a {base}, got None")
+    try:
+        if base == "float" and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base == "str" and isinstance(value, str):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{name} must be a{'n' if base == 'int' else ''} {base}"
+                      f"{' or None' if optional else ''}, got {value!r}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check names against the registries and values against their ranges; raise ConfigError."""
+    from ablate.data import DATASETS
+    from ablate.losses import LossSpec
+    from ablate.models import MODELS
+    from ablate.policies import POLICIES
+    from ablate.registry import UnknownNameError
+    from ablate.teachers import TEACHERS
+
+    try:
+        DATASETS.check(cfg.dataset)
+        MODELS.check(cfg.model)
+        policy = POLICIES.get(cfg.policy)
+        spec = LossSpec.parse(cfg.loss)
+        if cfg.teacher is not None:
+            TEACHERS.check(cfg.teacher)
+    except (UnknownNameError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    if cfg.optimizer not in optim.OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers: {', '.join(optim.OPTIMIZERS)}")
+    if policy.teacher and cfg.teacher is None:
+        raise ConfigError(f"policy {cfg.policy!r} needs a teacher, but teacher is None")
+    if policy.teacher and not spec.needs_teacher:
+        raise ConfigError(f"loss {cfg.loss!r} ignores the teacher; with policy {cfg.policy!r} use a "
+                          "teacher loss (e.g. 'kl'), or policy 'supervised' for labels only")
+    if not policy.teacher and spec.needs_teacher:
+        raise ConfigError(f"policy {cfg.policy!r} has no teacher, so loss {cfg.loss!r} cannot be used; "
+                          "use 'label_ce'")
+    checks = [
+        ("epochs", cfg.epochs > 0, "> 0"),
+        ("batch_size", cfg.batch_size > 0, "> 0"),
+        ("temperature", cfg.temperature > 0, "> 0"),
+        ("lr", cfg.lr > 0, "> 0"),
+        ("wd", cfg.wd >= 0, ">= 0"),
+        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("mixup_p", cfg.mixup_p >= 0, ">= 0"),
+        ("ic_min_area", 0 < cfg.ic_min_area <= 1, "in (0, 1]"),
+        ("ens_crops", cfg.ens_crops >= 1, ">= 1"),
+        ("warmup_frac", 0 <= cfg.warmup_frac < 1, "in [0, 1)"),
+        ("clip", cfg.clip > 0, "> 0"),
+        ("resolution", cfg.resolution >= 0, ">= 0 (0 = dataset default)"),
+        ("num_evals", cfg.num_evals >= 1, ">= 1"),
+        ("subset_per_class", cfg.subset_per_class is None or cfg.subset_per_class > 0, "> 0 or None"),
+    ]
+    for name, ok, valid in checks:
+        if not ok:
+            raise ConfigError(f"{name} must be {valid}, got {getattr(cfg, name)!r}")

@@ -1,0 +1,51 @@
+"""Model registry: each entry builds a flax module for a class count."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+
+from ablate.models.resnet import ResNetV2
+from ablate.registry import Registry
+
+MODELS: Registry = Registry("model")
+
+
+def build_model(name: str, num_classes: int) -> nn.Module:
+    return MODELS.get(name)(num_classes)
+
+
+@MODELS.register("resnet_t")
+def resnet_t(num_classes: int) -> nn.Module:
+    """Default teacher for 28 px images: basic ResNetV2, widths 32/64/128, one unit per stage (~0.48M params)."""
+    return ResNetV2(num_classes, (1, 1, 1), (32, 64, 128), unit="basic", root="small",
+                    root_width=32, root_stride=2, groups=8)
+
+
+@MODELS.register("resnet_s")
+def resnet_s(num_classes: int) -> nn.Module:
+    """Default student for 28 px images: basic ResNetV2, widths 12/24/48, one unit per stage (~69k params)."""
+    return ResNetV2(num_classes, (1, 1, 1), (12, 24, 48), unit="basic", root="small",
+                    root_width=12, root_stride=2, groups=4)
+
+
+@MODELS.register("resnet_xs")
+def resnet_xs(num_classes: int) -> nn.Module:
+    """Tiny model for tests and smoke runs: widths 8/16/32, one unit per stage."""
+    return ResNetV2(num_classes, (1, 1, 1), (8, 16, 32), unit="basic", root="small",
+                    root_width=8, root_stride=2, groups=4)
+
+
+def _bit(depths, width):
+    def build(num_classes: int) -> nn.Module:
+        return ResNetV2(num_classes, depths, tuple(64 * width * 2**i for i in range(4)),
+                        unit="bottleneck", root="bit", root_width=64 * width)
+
+    return build
+
+
+_BIT_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+for _depth, _blocks in _BIT_DEPTHS.items():
+    for _width in (1, 2, 3, 4):
+        _build = _bit(_blocks, _width)
+        _build.__doc__ = f"BiT ResNetV2-{_depth}x{_width} (GroupNorm, weight standardisation, zero-init head)."
+        MODELS.register(f"bit_r{_depth}x{_width}")(_build)

@@ -1,0 +1,272 @@
+"""Reading runs back: the study report (figures + report.md) and the compare table."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import numpy as np
+import pandas as pd
+
+from ablate import paths
+from ablate.store import RunStore
+from ablate.study import Study, cells
+
+TABLE_METRICS = ("best/test/acc", "last/test/acc", "last/test/agree_top1", "last/test/kl", "last/train/loss",
+                 "best/val/acc")
+
+
+# ----------------------------------------------------------------------------- sources
+
+def load_runs(source: str, store: RunStore, group: str | None = None) -> pd.DataFrame:
+    """Runs as a DataFrame from the local store, or from W&B with source 'wandb:ENTITY/PROJECT'."""
+    if source == "local":
+        return store.frame()
+    if source.startswith("wandb:"):
+        return _wandb_runs(source[len("wandb:"):], group)[0]
+    raise ValueError(f"unknown source {source!r}; use 'local' or 'wandb:ENTITY/PROJECT'")
+
+
+def _wandb_runs(path: str, group: str | None):
+    import wandb
+
+    api = wandb.Api()
+    runs = api.runs(path, filters={"group": group} if group else None)
+    rows, hist = [], []
+    for r in runs:
+        cfg = {k: v for k, v in r.config.items() if not k.startswith("_")}
+        rows.append({"run_id": r.id, **cfg, "status": "done" if r.state == "finished" else r.state,
+                     **{k: v for k, v in r.summary.items() if not k.startswith("_")}})
+        for h in r.history(pandas=False):
+            hist.append({"run_id": r.id, "step": h.get("_step"), **{k: v for k, v in h.items() if "/" in k}})
+    return pd.DataFrame(rows), pd.DataFrame(hist)
+
+
+def study_frames(study: Study, preset: str | None, source: str, store: RunStore):
+    """(runs, histories, expected cells) of a study: only the runs its grid defines."""
+    grid = cells(study, preset)
+    ids = [c.run_id for c in grid]
+    if source == "local":
+        runs, hist = store.frame(ids), store.history_frame(ids)
+    else:
+        runs, hist = _wandb_runs(source[len("wandb:"):], study.name)
+        runs = runs[runs.run_id.isin(ids)]
+        hist = hist[hist.run_id.isin(ids)] if len(hist) else hist
+    return runs, hist, grid
+
+
+# ----------------------------------------------------------------------------- tables
+
+def summarize(runs: pd.DataFrame, by: list[str], metrics=TABLE_METRICS) -> pd.DataFrame:
+    """Mean and std over seeds of each metric, per group of `by`; n counts the finished seeds."""
+    done = runs[runs.status == "done"] if "status" in runs else runs
+    metrics = [m for m in metrics if m in done]
+    if done.empty:
+        return pd.DataFrame(columns=by + ["n"])
+    g = done.groupby(by, dropna=False, sort=False)
+    out = g.size().rename("n").to_frame()
+    for m in metrics:
+        out[m] = g[m].mean()
+        out[f"{m} std"] = g[m].std(ddof=0 if len(done) == 1 else 1).fillna(0.0)
+    return out.reset_index()
+
+
+def _fmt(mean: float, std: float, pct: bool) -> str:
+    if pd.isna(mean):
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if pct else f"{mean:.4g} ± {std:.2g}"
+
+
+def markdown_table(table: pd.DataFrame, by: list[str]) -> str:
+    metrics = [c for c in table.columns if c not in by and c != "n" and not c.endswith(" std")]
+    header = by + ["n"] + [m + (" (%)" if _is_pct(m) else "") for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in table.iterrows():
+        cells_ = [str(row[b]) for b in by] + [str(int(row["n"]))]
+        cells_ += [_fmt(row[m], row[f"{m} std"], _is_pct(m)) for m in metrics]
+        lines.append("| " + " | ".join(cells_) + " |")
+    return "\n".join(lines)
+
+
+def _is_pct(metric: str) -> bool:
+    return metric.endswith("acc") or "agree" in metric
+
+
+def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc", by: str | None = None,
+            baseline: str | None = None) -> pd.DataFrame:
+    """Runs filtered by FIELD=VALUE, grouped over seeds, ranked by `metric`, with deltas to a baseline group."""
+    df = runs.copy()
+    for f in filters:
+        if "=" not in f:
+            raise ValueError(f"filter {f!r} must look like FIELD=VALUE")
+        k, v = f.split("=", 1)
+        if k not in df:
+            raise ValueError(f"unknown field {k!r} in filter; fields: {', '.join(sorted(map(str, df.columns)))}")
+        df = df[df[k].astype(str) == v]
+    if df.empty:
+        raise ValueError("no runs match the filters")
+    if metric not in df:
+        raise ValueError(f"unknown metric {metric!r}; metrics: "
+                         f"{', '.join(c for c in df.columns if c.startswith(('best/', 'last/')))}")
+    keys = by.split(",") if by else _varying(df)
+    failed = df[df.status != "done"].groupby(keys, dropna=False).size().rename("failed") if keys else None
+    table = summarize(df, keys, metrics=(metric,))
+    if failed is not None and len(failed):
+        table = table.merge(failed.reset_index(), on=keys, how="outer").fillna({"failed": 0, "n": 0})
+    table = table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
+    table.insert(0, "rank", np.arange(1, len(table) + 1))
+    if baseline:
+        k, v = baseline.split("=", 1)
+        base = table[table[k].astype(str) == v]
+        if base.empty:
+            raise ValueError(f"baseline {baseline!r} matches no group; groups: {table[keys].to_dict('records')}")
+        table[f"delta vs {baseline}"] = table[metric] - base[metric].iloc[0]
+    return table
+
+
+CONFIG_KEYS = ("dataset", "teacher", "model", "policy", "loss", "temperature", "label_smoothing", "mixup_p",
+               "ic_min_area", "ens_crops", "epochs", "batch_size", "lr", "wd", "optimizer", "subset_per_class",
+               "resolution", "init")
+
+
+def _varying(df: pd.DataFrame) -> list[str]:
+    return [k for k in CONFIG_KEYS if k in df and df[k].astype(str).nunique() > 1]
+
+
+# ----------------------------------------------------------------------------- figures
+
+def render(study: Study, preset: str | None, *, source: str = "local", store: RunStore | None = None,
+           out_dir: str | pathlib.Path | None = None) -> pathlib.Path:
+    """Write the study's figures (PNG) and report.md with its tables; returns the folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    store = store or RunStore(paths.store_dir())
+    runs, hist, grid = study_frames(study, preset, source, store)
+    out = pathlib.Path(out_dir) if out_dir else paths.reports_dir() / study.name
+    out.mkdir(parents=True, exist_ok=True)
+    s = study.resolve(preset)
+    axes = [k for k in list(s.axes) + [k for z in s.zipped for k in z] if k != "seed"]
+    x = study.x or (axes[0] if axes else "policy")
+    hue = study.hue or next((a for a in axes if a != x), None)
+
+    lines = [f"# Study `{study.name}`" + (f" (preset `{preset}`)" if preset else ""), "", f"> {study.question}", ""]
+    n_done = int((runs.status == "done").sum()) if len(runs) else 0
+    lines += [f"{n_done} of {len(grid)} runs finished; rendered {time.strftime('%Y-%m-%d %H:%M')} "
+              f"from `{source}`.", ""]
+    if n_done:
+        teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
+        if len(teacher_acc):
+            lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
+        lines += ["## Results (mean ± std over seeds)", "", markdown_table(summarize(runs, axes or ["policy"]),
+                                                                         axes or ["policy"]), ""]
+        if "wall_s" in runs:
+            lines += [f"Total training wall time: {runs['wall_s'].sum() / 60:.1f} min over {n_done} runs.", ""]
+        for fig in study.figures:
+            path = FIGURE_FNS[fig](runs, hist, x, hue, out)
+            if path is not None:
+                lines += [f"![{fig}]({path.name})", ""]
+    bad = runs[runs.status != "done"] if len(runs) else runs
+    if len(bad):
+        lines += ["## Runs that did not finish", "", "| run | status | step | reason |", "|---|---|---|---|"]
+        for _, r in bad.iterrows():
+            lines.append(f"| {r.run_id} | {r.status} | {r.get('failed_step')} | {r.get('reason') or ''} |")
+        lines.append("")
+    missing = len(grid) - len(runs)
+    if missing:
+        lines += [f"{missing} cells have not started; run `ablate run {study.name}"
+                  + (f" --preset {preset}" if preset else "") + "`.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out
+
+
+def _teacher_line(ax, runs):
+    if "teacher/test/acc" in runs and runs["teacher/test/acc"].notna().any():
+        ax.axhline(runs["teacher/test/acc"].dropna().iloc[0], color="k", ls="--", lw=1, label="teacher")
+
+
+def _save(fig, out, name):
+    path = out / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def fig_final(runs, hist, x, hue, out):
+    """Student test accuracy (best-on-val and last) per cell, teacher as a dashed line."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = runs[runs.status == "done"]
+    long = done.melt(id_vars=[c for c in [x, hue] if c], value_vars=["best/test/acc", "last/test/acc"],
+                     var_name="which", value_name="test accuracy")
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * done[x].nunique() + 2), 4))
+    sns.pointplot(data=long, x=x, y="test accuracy", hue=hue or "which", errorbar="sd", dodge=0.3,
+                  linestyle="none" if hue is None else "-", ax=ax)
+    _teacher_line(ax, done)
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "final")
+
+
+def fig_patience(runs, hist, x, hue, out):
+    """Student test accuracy vs schedule length (log axis) per policy; teacher as a line."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = runs[runs.status == "done"]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sns.lineplot(data=done, x="epochs", y="last/test/acc", hue=hue if hue != "epochs" else "policy",
+                 marker="o", errorbar="sd", ax=ax)
+    ax.set_xscale("log")
+    ax.set_ylabel("student test accuracy (end of training)")
+    _teacher_line(ax, done)
+    ax.legend(fontsize=8)
+    return _save(fig, out, "patience")
+
+
+def fig_loss_vs_acc(runs, hist, x, hue, out):
+    """Training distillation loss vs test accuracy: fixed teachers fit their targets and still generalise worse."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = runs[(runs.status == "done") & runs["last/train/loss"].notna()]
+    if done.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sns.scatterplot(data=done, x="last/train/loss", y="last/test/acc", hue="policy",
+                    size="epochs" if done["epochs"].nunique() > 1 else None, ax=ax)
+    ax.set_xscale("log")
+    ax.set_xlabel("training distillation loss (end of training)")
+    ax.set_ylabel("student test accuracy")
+    ax.legend(fontsize=7)
+    return _save(fig, out, "loss_vs_acc")
+
+
+def fig_curves(runs, hist, x, hue, out):
+    """Test accuracy and teacher-student agreement over training, per policy (longest schedule)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if hist.empty:
+        return None
+    done = runs[runs.status == "done"]
+    if "epochs" in done and done["epochs"].nunique() > 1:
+        done = done[done["epochs"] == done["epochs"].max()]
+    colour = hue if (hue and hue != "epochs") else x
+    h = hist.merge(done[["run_id", colour]], on="run_id")
+    panels = [m for m in ("test/acc", "test/agree_top1") if m in h]
+    fig, axs = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, m in zip(axs[0], panels):
+        sns.lineplot(data=h, x="epoch", y=m, hue=colour, errorbar="sd", ax=ax)
+        ax.set_title(m)
+        ax.legend(fontsize=7)
+        if m == "test/acc":
+            _teacher_line(ax, done)
+    return _save(fig, out, "curves")
+
+
+FIGURE_FNS = {"final": fig_final, "patience": fig_patience, "loss_vs_acc": fig_loss_vs_acc, "curves": fig_curves}

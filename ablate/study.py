@@ -1,0 +1,207 @@
+"""Studies: a grid of run configs declared in a short Python file, and the runner that works through it."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import itertools
+import os
+import pathlib
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from ablate.config import ConfigError, RunConfig, validate
+
+FIGURES = ("final", "patience", "loss_vs_acc", "curves")
+
+
+class StudyError(ValueError):
+    """A study that cannot be loaded or expanded; raised before any run starts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """A named question answered by a grid of runs.
+
+    `base` holds config fields shared by every cell; `axes` maps a field to the
+    values it takes (cartesian product); each dict in `zipped` maps fields to
+    equally long lists that vary together. `presets` override base fields,
+    axis values (by field name) and `seeds`.
+    """
+
+    name: str
+    question: str
+    base: dict = dataclasses.field(default_factory=dict)
+    axes: dict = dataclasses.field(default_factory=dict)
+    zipped: tuple = ()
+    seeds: int = 1
+    presets: dict = dataclasses.field(default_factory=dict)
+    figures: tuple = ("final", "curves")
+    x: str | None = None  # the axis on the figures' x axis (e.g. "epochs"); default: first axis
+    hue: str | None = None  # the axis that colours lines (e.g. "policy"); default: the other axis
+
+    def resolve(self, preset: str | None) -> "Study":
+        """The study with a preset's overrides applied."""
+        if preset is None:
+            return self
+        if preset not in self.presets:
+            raise StudyError(f"study {self.name!r} has no preset {preset!r}; valid presets: "
+                             f"{', '.join(sorted(self.presets)) or '(none)'}")
+        over = dict(self.presets[preset])
+        seeds = over.pop("seeds", self.seeds)
+        axes = {k: over.pop(k) if k in over else v for k, v in self.axes.items()}
+        zipped = tuple({k: over.pop(k) if k in over else v for k, v in z.items()} for z in self.zipped)
+        return dataclasses.replace(self, base={**self.base, **over}, axes=axes, zipped=zipped, seeds=seeds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of a study: its resolved config and the axis values that picked it."""
+
+    config: RunConfig
+    point: dict
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+
+def cells(study: Study, preset: str | None = None) -> list[Cell]:
+    """Expand a study into its cells, validated; the order is deterministic."""
+    s = study.resolve(preset)
+    _check_shape(s)
+    blocks = [[{k: v} for v in vals] for k, vals in s.axes.items()]
+    blocks += [[dict(zip(z, vals)) for vals in zip(*z.values())] for z in s.zipped]
+    blocks.append([{"seed": i} for i in range(s.seeds)])
+    out = []
+    for combo in itertools.product(*blocks):
+        point = {k: v for d in combo for k, v in d.items()}
+        values = {**s.base, **point}
+        try:
+            cfg = RunConfig.from_dict(values)
+            validate(cfg)
+        except ConfigError as e:
+            where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+            raise StudyError(f"study {s.name!r}, cell ({where}): {e}") from None
+        out.append(Cell(cfg, point))
+    seen = {}
+    for c in out:
+        if c.run_id in seen:
+            raise StudyError(f"study {s.name!r}: cells {seen[c.run_id]} and {c.point} resolve to the same config")
+        seen[c.run_id] = c.point
+    return out
+
+
+def _check_shape(s: Study) -> None:
+    if not isinstance(s.axes, dict):
+        raise StudyError(f"study {s.name!r}: axes must be a dict of field -> list of values")
+    for k, v in s.axes.items():
+        if not isinstance(v, (list, tuple)) or not v:
+            raise StudyError(f"study {s.name!r}: axis {k!r} must be a non-empty list, got {v!r}")
+    for z in s.zipped:
+        lengths = {k: len(v) for k, v in z.items()}
+        if len(set(lengths.values())) > 1:
+            raise StudyError(f"study {s.name!r}: zipped axes must have equal lengths, got {lengths}")
+    if not isinstance(s.seeds, int) or s.seeds < 1:
+        raise StudyError(f"study {s.name!r}: seeds must be a positive int, got {s.seeds!r}")
+    bad = [f for f in s.figures if f not in FIGURES]
+    if bad:
+        raise StudyError(f"study {s.name!r}: unknown figure(s) {bad}; valid figures: {', '.join(FIGURES)}")
+
+
+def shard(items: list, spec: str | None) -> list:
+    """The K-th of N disjoint slices ("K/N", 1-based); together the N slices cover `items` once."""
+    if not spec:
+        return items
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise StudyError(f"--shard must look like K/N (e.g. 2/4), got {spec!r}") from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise StudyError(f"--shard K/N needs 1 <= K <= N, got {spec!r}")
+    return items[k - 1::n]
+
+
+# ----------------------------------------------------------------------------- finding and loading
+
+def study_dirs() -> list[pathlib.Path]:
+    """Where study names are looked up: $ABLATE_STUDIES, ./studies, and the studies shipped with ablate."""
+    dirs = [pathlib.Path(p) for p in os.environ.get("ABLATE_STUDIES", "").split(os.pathsep) if p]
+    dirs += [pathlib.Path("studies"), pathlib.Path(__file__).resolve().parent.parent / "studies"]
+    out = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def available_studies() -> list[str]:
+    names = set()
+    for d in study_dirs():
+        for p in d.rglob("*.py"):
+            if p.name != "__init__.py" and not p.name.startswith("_"):
+                names.add(p.relative_to(d).with_suffix("").as_posix())
+    return sorted(names)
+
+
+def find_study(name: str) -> pathlib.Path:
+    if name.endswith(".py"):
+        p = pathlib.Path(name)
+        if not p.is_file():
+            raise StudyError(f"study file {name} does not exist")
+        return p
+    for d in study_dirs():
+        p = d / f"{name}.py"
+        if p.is_file():
+            return p
+    raise StudyError(f"unknown study {name!r}; valid studies: {', '.join(available_studies()) or '(none)'} "
+                     f"(looked in {', '.join(str(d) for d in study_dirs()) or 'no studies folder'})")
+
+
+def load_study(name: str) -> Study:
+    """Import a study file (only the one named, or one in a studies folder) and return its STUDY."""
+    path = find_study(name)
+    spec = importlib.util.spec_from_file_location(f"ablate_study_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        raise StudyError(f"study file {path} failed to import:\n{traceback.format_exc()}") from None
+    study = getattr(module, "STUDY", None)
+    if not isinstance(study, Study):
+        raise StudyError(f"study file {path} must define STUDY = ablate.study.Study(...), "
+                         f"found {type(study).__name__}")
+    return study
+
+
+# ----------------------------------------------------------------------------- running
+
+@dataclasses.dataclass
+class Outcome:
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+    busy: int = 0
+
+
+def run_cells(cells_: list[Cell], run_one: Callable[[Cell], str], is_done: Callable[[str], bool],
+              progress: bool = True, desc: str = "grid") -> Outcome:
+    """Run every cell that is not done, one bar over the grid; `run_one` returns "done", "failed" or "busy"."""
+    outcome = Outcome()
+    bar = tqdm(total=len(cells_), desc=desc, unit="run", disable=not progress, dynamic_ncols=True, position=0)
+    try:
+        for cell in cells_:
+            if is_done(cell.run_id):
+                outcome.skipped += 1
+            else:
+                field = {"done": "ran", "failed": "failed", "busy": "busy"}[run_one(cell)]
+                setattr(outcome, field, getattr(outcome, field) + 1)
+            bar.update(1)
+            bar.set_postfix(ran=outcome.ran, skipped=outcome.skipped, failed=outcome.failed)
+    finally:
+        bar.close()
+    return outcome

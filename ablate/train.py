@@ -1,0 +1,349 @@
+"""The shared trainer: one jitted step (views -> teacher -> student -> loss -> update) and the loop.
+
+The trainer knows nothing of studies, stores or W&B: it takes a config, the
+data, an optional teacher (or its precomputed targets) and a checkpoint folder,
+and reports each evaluation through a callback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm.auto import tqdm
+
+from ablate import optim, views
+from ablate.config import ConfigError, RunConfig
+from ablate.data import ArraySource, DatasetSplits, balanced_subset
+from ablate.losses import LossSpec
+from ablate.models import build_model
+from ablate.policies import POLICIES, Policy
+
+EVAL_CHUNK = 1000
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or parameters; carries the step."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"non-finite {reason} at step {step}")
+        self.step, self.reason = step, reason
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    """A frozen model: module, parameters and input resolution (a teacher, or any evaluated model)."""
+
+    model: nn.Module
+    params: Any
+    resolution: int
+
+    def apply(self, x):
+        return self.model.apply({"params": self.params}, x)
+
+
+# ----------------------------------------------------------------------------- data
+
+def student_source(cfg: RunConfig, data: DatasetSplits):
+    """The examples a run trains on: the full train split, or a balanced per-class subset of it."""
+    if cfg.subset_per_class is None:
+        return data.train
+    idx = balanced_subset(data.train.labels, cfg.subset_per_class, cfg.subset_seed)
+    return data.train.take(idx) if isinstance(data.train, ArraySource) else _Subset(data.train, idx)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Subset:
+    parent: Any
+    indices: np.ndarray
+
+    @property
+    def labels(self):
+        return self.parent.labels[self.indices]
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return {**self.parent[int(self.indices[i])], "index": np.int32(i)}
+
+
+def num_steps(cfg: RunConfig, n_examples: int) -> int:
+    return max(1, int(cfg.epochs * n_examples) // cfg.batch_size)
+
+
+def batches(source, cfg: RunConfig, total_steps: int) -> grain.MapDataset:
+    """Random-access batches: batch k is the same for a given seed however the run got to step k.
+
+    Each epoch is a fresh seeded shuffle of the source; batches run across epoch
+    boundaries, so every example is seen equally often.
+    """
+    if cfg.batch_size > len(source):
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(source)} training examples")
+    epochs = math.ceil(total_steps * cfg.batch_size / len(source))
+    return (grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat(epochs)
+            .batch(cfg.batch_size, drop_remainder=True))
+
+
+# ----------------------------------------------------------------------------- the step
+
+def make_inputs(policy: Policy, cfg: RunConfig, images, labels, key, s_res: int, t_res: int):
+    """Render one batch for both models: (student input, teacher input or None, soft labels, mixup coef)."""
+    kv, km = jax.random.split(key)
+    s_crops, t_crops = policy.draw(kv, images.shape[0], cfg)
+    xs = views.render(images, s_crops, s_res)
+    xt = None
+    if t_crops is not None:
+        same = t_crops is s_crops and t_res == s_res
+        xt = xs if same else views.render(images, t_crops, t_res)
+    coef = jnp.float32(1.0)
+    if policy.mixup:
+        coef = views.mixup_coefficient(km, cfg.mixup_p)
+        xs, labels = views.mix(xs, coef), views.mix(labels, coef)
+        xt = None if xt is None else views.mix(xt, coef)
+    return xs, xt, labels, coef
+
+
+def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res: int):
+    """The pure training step `(state, teacher_params, targets, batch, key) -> (state, loss)`."""
+    policy = POLICIES.get(cfg.policy)
+    spec = LossSpec.parse(cfg.loss)
+    hp = dict(temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+
+    def step(state: TrainState, teacher_params, targets, batch, key):
+        labels = jax.nn.one_hot(batch["label"], num_classes)
+        xs, xt, labels, _ = make_inputs(policy, cfg, batch["image"], labels, key, s_res, t_res)
+        if policy.runs_teacher:
+            zt = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, xt))
+        elif policy.fixed_view is not None:
+            zt = targets[batch["index"]]
+        else:
+            zt = jnp.zeros_like(labels)  # label-only losses never read it
+
+        def loss_fn(params):
+            zs = student.apply({"params": params}, xs)
+            return jnp.mean(spec(zs, zt, labels, **hp))
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, opt_state, state.step + 1), loss
+
+    return step
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def predict(model: nn.Module, params, source, view: str, resolution: int) -> np.ndarray:
+    """Logits of a model on every record of `source`, rendered through a deterministic view."""
+    fn = _predict_fn(model, view, resolution)
+    out = []
+    for start in range(0, len(source), EVAL_CHUNK):
+        images = _stack_images(source, start, min(start + EVAL_CHUNK, len(source)))
+        out.append(np.asarray(fn(params, images)))
+    return np.concatenate(out)
+
+
+_PREDICT_CACHE: dict = {}
+
+
+def _predict_fn(model, view, resolution):
+    key = (model, view, resolution)
+    if key not in _PREDICT_CACHE:
+        draw = views.VIEWS[view]
+
+        @jax.jit
+        def fn(params, images):
+            crops = draw(jax.random.key(0), images.shape[0])
+            return model.apply({"params": params}, views.render(images, crops, resolution))
+
+        _PREDICT_CACHE[key] = fn
+    return _PREDICT_CACHE[key]
+
+
+def _stack_images(source, start, stop) -> np.ndarray:
+    if isinstance(source, ArraySource):
+        return source.images[start:stop]
+    return np.stack([source[i]["image"] for i in range(start, stop)])
+
+
+def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | None,
+                 labels: np.ndarray, prefix: str) -> dict[str, float]:
+    """Student top-1, and teacher-student top-1/top-5 agreement and KL (T=1) on a clean view."""
+    m = {f"{prefix}/acc": float(np.mean(student_logits.argmax(-1) == labels))}
+    if teacher_logits is not None:
+        t_top = teacher_logits.argmax(-1)
+        top5 = np.argsort(-student_logits, axis=-1)[:, :5]
+        log_pt = jax.nn.log_softmax(teacher_logits)
+        log_ps = jax.nn.log_softmax(student_logits)
+        m[f"{prefix}/agree_top1"] = float(np.mean(student_logits.argmax(-1) == t_top))
+        m[f"{prefix}/agree_top5"] = float(np.mean((top5 == t_top[:, None]).any(-1)))
+        m[f"{prefix}/kl"] = float(jnp.mean(jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), -1)))
+    return m
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclasses.dataclass
+class RunResult:
+    history: list[dict]
+    summary: dict
+    params: Any
+
+
+def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
+          targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
+          init_params: Any = None, ckpt_dir: pathlib.Path | None = None,
+          on_eval: Callable[[dict], None] | None = None, on_resume: Callable[[int], None] | None = None,
+          progress: bool = True, desc: str = "") -> RunResult:
+    """Train one run to the end of its schedule, evaluating `cfg.num_evals` times (and at step 0).
+
+    `targets` are the fixed teacher's logits for every training example (fixed
+    policies), `eval_teacher` the teacher's logits on the clean val/test views.
+    With `ckpt_dir`, state is saved at every evaluation and restored on start.
+    """
+    policy = POLICIES.get(cfg.policy)
+    source = student_source(cfg, data)
+    total = num_steps(cfg, len(source))
+    ds = batches(source, cfg, total)
+    s_res = cfg.resolution or data.default_resolution
+    t_res = teacher.resolution if teacher is not None else s_res
+    student = build_model(cfg.model, data.num_classes)
+    h, w, c = data.image_shape
+    params = init_params
+    if params is None:
+        params = student.init(jax.random.key(cfg.seed), jnp.zeros((1, s_res, s_res, c)))["params"]
+    optimizer = optim.paper_optimizer(cfg.lr, cfg.wd, total, round(cfg.warmup_frac * total), cfg.clip,
+                                      name=cfg.optimizer)
+    state = TrainState(params, optimizer.init(params), jnp.int32(0))
+    step_fn = jax.jit(make_train_step(cfg, student, teacher.model if teacher else None, optimizer,
+                                      data.num_classes, s_res, t_res), donate_argnums=(0,))
+    t_params = teacher.params if (teacher is not None and policy.runs_teacher) else None
+    targets = None if targets is None else jnp.asarray(targets)
+    if policy.fixed_view is not None and targets is None:
+        raise ValueError(f"policy {cfg.policy} needs the fixed teacher's targets")
+    base_key = jax.random.key(cfg.seed)
+
+    eval_steps = sorted({0, *(round(total * (i + 1) / cfg.num_evals) for i in range(cfg.num_evals))})
+    tracker = {"best_val": -1.0, "best": {}, "loss_sum": 0.0, "loss_count": 0}
+    history: list[dict] = []
+
+    manager = _checkpoint_manager(ckpt_dir) if ckpt_dir is not None else None
+    start = 0
+    if manager is not None and manager.latest_step() is not None:
+        state, tracker = _restore(manager, state, tracker)
+        start = int(state.step)
+        if on_resume:
+            on_resume(start)
+
+    def evaluate(step: int, params) -> dict:
+        row = {"step": step, "epoch": step * cfg.batch_size / len(source)}
+        if tracker["loss_count"]:
+            row["train/loss"] = tracker["loss_sum"] / tracker["loss_count"]
+        tracker["loss_sum"], tracker["loss_count"] = 0.0, 0
+        for split in ("val", "test"):
+            src = getattr(data, split)
+            logits = predict(student, params, src, data.eval_view, s_res)
+            zt = None if eval_teacher is None else eval_teacher[split]
+            row.update(eval_metrics(logits, zt, np.asarray(src.labels), split))
+        if row["val/acc"] > tracker["best_val"]:
+            tracker["best_val"] = row["val/acc"]
+            tracker["best"] = dict(row)
+        return row
+
+    bar = tqdm(total=total, initial=start, desc=desc or cfg.policy, disable=not progress,
+               unit="step", dynamic_ncols=True, leave=False)
+    pending: list[tuple[int, jax.Array]] = []
+    t0 = time.perf_counter()
+
+    def drain():
+        if not pending:
+            return
+        losses = np.asarray(jnp.stack([l for _, l in pending]))
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            raise NonFiniteError(pending[int(np.argmax(bad))][0], "loss")
+        tracker["loss_sum"] += float(losses.sum())
+        tracker["loss_count"] += len(losses)
+        pending.clear()
+
+    try:
+        if start == 0 and 0 in eval_steps:
+            row = evaluate(0, state.params)
+            history.append(row)
+            on_eval and on_eval(row)
+        for step in range(start, total):
+            batch = ds[step]
+            batch = {k: batch[k] for k in ("image", "label", "index")}
+            state, loss = step_fn(state, t_params, targets, batch, jax.random.fold_in(base_key, step))
+            pending.append((step, loss))
+            if len(pending) >= 25 or step + 1 in eval_steps:
+                drain()
+                bar.update(step + 1 - bar.n)
+            if step + 1 in eval_steps:
+                if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)):
+                    raise NonFiniteError(step + 1, "parameters")
+                row = evaluate(step + 1, state.params)
+                row["time/train_s"] = time.perf_counter() - t0
+                history.append(row)
+                bar.set_postfix(val=f"{row['val/acc']:.3f}")
+                on_eval and on_eval(row)
+                if manager is not None:
+                    _save(manager, step + 1, state, tracker)
+    finally:
+        bar.close()
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+
+    last = history[-1] if history else {}
+    summary = {**{f"best/{k}": v for k, v in tracker["best"].items()},
+               **{f"last/{k}": v for k, v in last.items()},
+               "total_steps": total, "train_examples": len(source)}
+    return RunResult(history, summary, state.params)
+
+
+def _checkpoint_manager(ckpt_dir: pathlib.Path) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(pathlib.Path(ckpt_dir).absolute(),
+                                 options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+
+def _save(manager, step, state, tracker):
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               tracker=ocp.args.JsonSave(tracker)))
+
+
+def _restore(manager, state, tracker):
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), tracker=ocp.args.JsonRestore()))
+    return restored["state"], restored["tracker"]
+
+
+def save_params(path: pathlib.Path, params) -> None:
+    """Save a parameter tree with orbax, waiting until it is committed."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(pathlib.Path(path).absolute(), params, force=True)
+
+
+def load_params(path: pathlib.Path, template):
+    """Restore a parameter tree saved by `save_params`, shaped like `template`."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(pathlib.Path(path).absolute(), template)
