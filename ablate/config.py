@@ -35,7 +35,7 @@ class RunConfig:
     warmup_frac: float = 0.05  # share of the schedule spent in linear warmup
     optimizer: str = "adam"
     clip: float = 1.0
-    subset_per_class: int | None = 100  # training examples per class; None trains on the full train split
+    subset_per_class: int | None = 50  # training examples per class; None trains on the full train split
     subset_seed: int = 0
     resolution: int = 0  # student input size; 0 means the dataset's default
     init: str | None = None  # run id of a finished run whose student initialises this one

@@ -86,7 +86,7 @@ class LossSpec:
     def parse(cls, spec: str) -> "LossSpec":
         terms = []
         for part in spec.replace(" ", "").split("+"):
-            m = re.fullmatch(r"(?:([0-9.eE-]+)\*)?([A-Za-z_][\w/]*)", part)
+            m = re.fullmatch(r"(?:([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\*)?([A-Za-z_][\w/]*)", part)
             if not m:
                 raise ValueError(f"cannot parse loss term {part!r} in {spec!r}; "
                                  "write e.g. 'kl' or 'kl + 0.1*label_ce'")

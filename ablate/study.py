@@ -24,6 +24,19 @@ class StudyError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Variant:
+    """An axis value that sets several fields at once, shown under one label."""
+
+    label: str
+    fields: dict
+
+
+def variant(label: str, **fields) -> Variant:
+    """E.g. `variant("supervised", policy="supervised", loss="label_ce", teacher=None)`."""
+    return Variant(label, fields)
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     """A named question answered by a grid of runs.
 
@@ -79,8 +92,13 @@ def cells(study: Study, preset: str | None = None) -> list[Cell]:
     blocks.append([{"seed": i} for i in range(s.seeds)])
     out = []
     for combo in itertools.product(*blocks):
-        point = {k: v for d in combo for k, v in d.items()}
-        values = {**s.base, **point}
+        values, point = dict(s.base), {}
+        for k, v in ((k, v) for d in combo for k, v in d.items()):
+            if isinstance(v, Variant):
+                values.update(v.fields)
+                point[k] = v.label
+            else:
+                values[k] = point[k] = v
         try:
             cfg = RunConfig.from_dict(values)
             validate(cfg)

@@ -43,9 +43,9 @@ register_teacher("fmnist_t", _TEACHER_BASE,
                  "Default Fashion-MNIST teacher: resnet_t on all 55k training images, crops + mixup, 10 epochs.")
 register_teacher("fmnist_t_hr", dataclasses.replace(_TEACHER_BASE, resolution=42),
                  "Like fmnist_t but at 42 px input (1.5x the student's 28 px), for the resolution study.")
-register_teacher("fmnist_xs", dataclasses.replace(_TEACHER_BASE, model="resnet_xs", epochs=2, subset_per_class=300,
-                                                  num_evals=2),
-                 "Tiny, quickly trained teacher (3k images, 2 epochs) for tests and smoke runs.")
+register_teacher("fmnist_xs", dataclasses.replace(_TEACHER_BASE, model="resnet_xs", epochs=6, subset_per_class=300,
+                                                  lr=1e-2, mixup_p=0.0, policy="supervised", num_evals=2),
+                 "Tiny, quickly trained teacher (3k images, 6 epochs) for tests and smoke runs.")
 
 
 def teacher_config(name: str) -> RunConfig:

@@ -66,8 +66,8 @@ def inception_crop(key: jax.Array, n: int, min_area: float = 0.05,
 
 def _interpolation(start: jax.Array, size: jax.Array, in_len: int, out_len: int) -> jax.Array:
     """(B, out_len, in_len) bilinear weights sampling [start, start + size) of an axis at out_len points."""
-    centres = (jnp.arange(out_len) + 0.5) / out_len  # in [0, 1] of the box
-    coords = (start[:, None] + centres[None, :] * size[:, None]) * in_len - 0.5  # source pixel units
+    step = size * (in_len / out_len)  # source pixels per output pixel
+    coords = start[:, None] * in_len + (jnp.arange(out_len) + 0.5) * step[:, None] - 0.5  # source pixel units
     coords = jnp.clip(coords, 0.0, in_len - 1.0)
     return jnp.maximum(0.0, 1.0 - jnp.abs(coords[..., None] - jnp.arange(in_len)))
 

@@ -37,6 +37,10 @@ class ArraySource:
     def __getitem__(self, index: int) -> dict:
         return {"image": self.images[index], "label": self.labels[index], "index": np.int32(index)}
 
+    def gather(self, indices: np.ndarray) -> dict:
+        """A whole batch at once (one fancy index instead of a record per example)."""
+        return {"image": self.images[indices], "label": self.labels[indices], "index": indices.astype(np.int32)}
+
     def take(self, indices: Sequence[int]) -> "ArraySource":
         idx = np.asarray(indices)
         return ArraySource(self.images[idx], self.labels[idx])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -121,3 +122,14 @@ def fashion_mnist() -> DatasetSplits:
         eval_view="rs",
         class_names=CLASS_NAMES,
     )
+
+
+OOD_CLASSES = (5, 7, 8, 9)  # sandal, sneaker, bag, ankle boot: no garment among them
+
+
+@DATASETS.register("fashion_mnist_ood")
+def fashion_mnist_ood() -> DatasetSplits:
+    """Fashion-MNIST whose training split holds only footwear and bags (classes 5, 7, 8, 9); val/test unchanged."""
+    full = fashion_mnist()
+    keep = np.flatnonzero(np.isin(full.train.labels, OOD_CLASSES))
+    return dataclasses.replace(full, name="fashion_mnist_ood", train=full.train.take(keep))

@@ -115,7 +115,7 @@ class TfdsSource:
     `labels` is computed on first use and kept in memory: it reads every record
     once with all features but the label left undecoded (no image decoding, but
     all record bytes are read: seconds for the small datasets, minutes for
-    ImageNet train, about 140 GB). Picklable, so grain workers can use it.
+    ImageNet train, about 150 GB). Picklable, so grain workers can use it.
     """
 
     def __init__(self, name: str, split: str, data_dir: str | None, size: int, fit: str = "crop"):

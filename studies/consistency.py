@@ -1,0 +1,19 @@
+"""Paper Fig. 3: which teacher-input policy distils best at a long schedule?"""
+
+from ablate.study import Study, variant
+
+POLICIES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch",
+            variant("supervised", policy="supervised", loss="label_ce", teacher=None)]
+
+STUDY = Study(
+    name="consistency",
+    question="Must the teacher see exactly the student's view? Fixed vs independent vs consistent vs function matching.",
+    base=dict(epochs=1000),
+    axes=dict(policy=POLICIES),
+    seeds=3,
+    presets=dict(
+        quick=dict(epochs=60, seeds=1, num_evals=6),
+        full=dict(epochs=1000, seeds=3),
+    ),
+    figures=("final", "loss_vs_acc", "curves"),
+)

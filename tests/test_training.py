@@ -1,0 +1,263 @@
+"""Fixed-teacher targets, the training step and loop, and checkpoint resume, on real Fashion-MNIST (CPU-sized)."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ablate import optim, paths, views
+from ablate.config import RunConfig
+from ablate.losses import kl
+from ablate.models import build_model
+from ablate.policies import POLICIES
+from ablate.teachers import params_fingerprint, run_inputs, source_id, targets_key, teacher_logits
+from ablate.train import (TrainState, batches, make_inputs, make_train_step, num_steps, predict, student_source,
+                          train)
+
+QUIET = dict(progress=False)
+
+
+@functools.cache
+def jitted_apply(model):
+    """model.apply under jit (eager flax on CPU takes seconds per call)."""
+    return jax.jit(model.apply)
+
+
+def run(model, params, x):
+    """Logits of a model with `params` on the rendered inputs `x`, computed outside the trainer."""
+    return jitted_apply(model)({"params": params}, x)
+
+
+def distill_cfg(**kw):
+    """A tiny distillation config: resnet_xs student, fmnist_xs teacher, 50 images per class."""
+    base = dict(dataset="fashion_mnist", teacher="fmnist_xs", model="resnet_xs", policy="funmatch", loss="kl",
+                subset_per_class=50, batch_size=50, epochs=10, lr=1e-2, warmup_frac=0.1, num_evals=2)
+    return RunConfig(**{**base, **kw})
+
+
+def no_time(row):
+    """A history row or summary without its wall-clock timings."""
+    return {k: v for k, v in row.items() if "time/" not in k}
+
+
+# ----------------------------------------------------------------------------- batches and fixed targets
+
+def test_batches_index_the_images_they_carry(fmnist):
+    """Every batch's `index` points at its own images and labels in the source, over several epochs of reshuffles."""
+    cfg = distill_cfg(subset_per_class=12, batch_size=40, epochs=3, policy="fix/rs")
+    source = student_source(cfg, fmnist)
+    assert len(source) == 120
+    total = num_steps(cfg, len(source))
+    ds = batches(source, cfg, total)
+    seen = []
+    for k in range(total):
+        b = ds[k]
+        idx = np.asarray(b["index"])
+        np.testing.assert_array_equal(np.asarray(b["image"]), source.images[idx])
+        np.testing.assert_array_equal(np.asarray(b["label"]), source.labels[idx])
+        seen.append(idx)
+    seen = np.concatenate(seen)
+    per_epoch = seen.reshape(3, 120)
+    for epoch in per_epoch:  # each epoch is a permutation of the source ...
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(120))
+    assert not np.array_equal(per_epoch[0], per_epoch[1])  # ... reshuffled every epoch
+    again = batches(source, cfg, total)[total - 1]  # random access: batch k does not depend on how we got there
+    np.testing.assert_array_equal(np.asarray(again["index"]), seen[-40:])
+
+
+def test_fixed_rs_targets_are_the_teacher_on_the_rs_view_and_cached(teacher, fmnist):
+    """teacher_logits(rs) equals predict on the rs view exactly, is written to the cache, and is read back from it."""
+    source = fmnist.train.take(np.arange(300))
+    key = targets_key(teacher, source_id(source), "rs")
+    path = paths.targets_dir() / f"{key}.npy"
+    assert not path.exists()
+    first = teacher_logits(teacher, source, "rs", log=pytest.fail)
+    assert path.exists()
+    np.testing.assert_array_equal(first, predict(teacher.model, teacher.params, source, "rs", teacher.resolution))
+    direct = run(teacher.model, teacher.params, views.render(source.images, views.resize(None, 300), teacher.resolution))
+    np.testing.assert_allclose(first, np.asarray(direct), rtol=1e-5, atol=1e-5)
+    assert first.shape == (300, 10) and np.isfinite(first).all()
+    np.testing.assert_array_equal(teacher_logits(teacher, source, "rs"), first)  # constant across calls
+
+    # the second call reads the file: a planted array of the right shape comes back
+    planted = np.full_like(first, 7.0)
+    np.save(path, planted)
+    np.testing.assert_array_equal(teacher_logits(teacher, source, "rs"), planted)
+    np.save(path, first)
+    # other views and other examples get other keys
+    assert targets_key(teacher, source_id(source), "cc") != key
+    assert targets_key(teacher, source_id(fmnist.train.take(np.arange(1, 301))), "rs") != key
+
+
+def test_a_damaged_target_cache_is_recomputed(teacher, fmnist):
+    """A truncated cache file is detected, reported and replaced by freshly computed targets."""
+    source = fmnist.train.take(np.arange(300, 400))
+    good = teacher_logits(teacher, source, "cc")
+    path = paths.targets_dir() / f"{targets_key(teacher, source_id(source), 'cc')}.npy"
+    path.write_bytes(path.read_bytes()[:100])
+    messages = []
+    np.testing.assert_array_equal(teacher_logits(teacher, source, "cc", log=messages.append), good)
+    assert messages and "damaged" in messages[0]
+    np.testing.assert_array_equal(np.load(path), good)
+
+
+def test_a_changed_teacher_gets_new_targets(teacher, fmnist):
+    """Perturbed teacher parameters change the fingerprint, hence the cache key and the targets."""
+    source = fmnist.train.take(np.arange(300))
+    base = teacher_logits(teacher, source, "rs")
+    params = jax.tree.map(lambda x: x, teacher.params)
+    params["head"]["bias"] = params["head"]["bias"] + jnp.arange(10, dtype=jnp.float32)
+    other = dataclasses.replace(teacher, params=params, fingerprint=params_fingerprint(params))
+    assert other.fingerprint != teacher.fingerprint
+    assert targets_key(other, source_id(source), "rs") != targets_key(teacher, source_id(source), "rs")
+    changed = teacher_logits(other, source, "rs")
+    np.testing.assert_allclose(changed - base, np.broadcast_to(np.arange(10.0), base.shape), atol=1e-4)
+    assert (paths.targets_dir() / f"{targets_key(other, source_id(source), 'rs')}.npy").exists()
+    assert params_fingerprint(teacher.params) == teacher.fingerprint  # the original is untouched
+
+
+def test_ic_ens_is_the_log_mean_softmax_over_k_inception_crops(teacher, fmnist):
+    """fix/ic_ens targets = log(mean_k softmax(teacher(inception crop k))), recomputed by hand with the same keys."""
+    source = fmnist.train.take(np.arange(600))  # two chunks of the 500-example loop
+    k, min_area = 3, 0.25
+    got = teacher_logits(teacher, source, "ic_ens", ens_crops=k, min_area=min_area)
+    expect = []
+    for start in (0, 500):
+        chunk = source.images[start:start + 500]
+        probs = 0.0
+        for j in range(k):
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), start), j)
+            crops = views.inception_crop(key, len(chunk), min_area)
+            x = views.render(chunk, crops, teacher.resolution)
+            probs = probs + np.asarray(jax.nn.softmax(run(teacher.model, teacher.params, x)), np.float64)
+        expect.append(np.log(probs / k))
+    expect = np.concatenate(expect)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.exp(got).sum(-1), 1.0, atol=1e-5)  # normalised log-probabilities
+    rs = teacher_logits(teacher, source, "rs")
+    assert not np.allclose(jax.nn.log_softmax(rs), got, atol=1e-3)
+    one = teacher_logits(teacher, source, "ic_ens", ens_crops=1, min_area=min_area)
+    assert not np.allclose(one, got, atol=1e-3)
+    key0 = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
+    x0 = views.render(source.images[:500], views.inception_crop(key0, 500, min_area), teacher.resolution)
+    np.testing.assert_allclose(one[:500], np.asarray(jax.nn.log_softmax(run(teacher.model, teacher.params, x0))), rtol=1e-4, atol=1e-5)
+
+
+def test_fixed_targets_equal_the_frozen_teacher_on_the_students_rs_input(teacher, fmnist_small):
+    """fix/rs: targets[index] gathered for any batch, in any epoch, equal the teacher run on that batch's input."""
+    cfg = distill_cfg(policy="fix/rs", subset_per_class=10, batch_size=25, epochs=2)
+    source = student_source(cfg, fmnist_small)
+    targets, eval_teacher = run_inputs(cfg, fmnist_small, teacher, log=pytest.fail)
+    assert targets.shape == (len(source), 10)
+    assert eval_teacher["test"].shape == (1000, 10) and eval_teacher["val"].shape == (1000, 10)
+    ds = batches(source, cfg, num_steps(cfg, len(source)))
+    policy = POLICIES.get("fix/rs")
+    for k in (0, 5, 7):  # steps in the first and the second epoch
+        b = ds[k]
+        labels = jax.nn.one_hot(b["label"], 10)
+        xs, xt, _, _ = make_inputs(policy, cfg, b["image"], labels, jax.random.key(k), 28, 28)
+        assert xt is None
+        np.testing.assert_allclose(targets[np.asarray(b["index"])], np.asarray(run(teacher.model, teacher.params, xs)),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the step
+
+@pytest.mark.parametrize("policy", ["funmatch", "fix/rs"])
+def test_train_step_loss_is_kl_to_the_right_teacher_output(teacher, fmnist_small, policy):
+    """The jitted step's loss is mean kl(student(xs), teacher(xt)) (funmatch) or to targets[index] (fix/rs)."""
+    cfg = distill_cfg(policy=policy, subset_per_class=10, batch_size=20, temperature=2.0)
+    source = student_source(cfg, fmnist_small)
+    targets, _ = run_inputs(cfg, fmnist_small, teacher)
+    student = build_model(cfg.model, 10)
+    params = student.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"]
+    # a non-zero head so that the student's logits depend on its input
+    params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+    opt = optim.paper_optimizer(cfg.lr, cfg.wd, 10, 1)
+    step = jax.jit(make_train_step(cfg, student, teacher.model, opt, 10, 28, 28))
+    b = batches(source, cfg, 10)[3]
+    b = {k: jnp.asarray(b[k]) for k in ("image", "label", "index")}
+    key = jax.random.key(42)
+    state, loss = step(TrainState(params, opt.init(params), jnp.int32(0)), teacher.params,
+                       None if targets is None else jnp.asarray(targets), b, key)
+    xs, xt, _, coef = make_inputs(POLICIES.get(policy), cfg, b["image"], jax.nn.one_hot(b["label"], 10), key, 28, 28)
+    zs = run(student, params, xs)
+    zt = run(teacher.model, teacher.params, xt) if policy == "funmatch" else targets[np.asarray(b["index"])]
+    expect = float(jnp.mean(kl(zs, zt, None, temperature=2.0)))
+    assert float(loss) == pytest.approx(expect, rel=1e-4)
+    assert expect > 1e-4
+    assert int(state.step) == 1
+    if policy == "funmatch":
+        assert float(coef) < 1.0
+
+
+# ----------------------------------------------------------------------------- the loop
+
+FUNMATCH = distill_cfg(policy="funmatch", epochs=10, num_evals=4)  # 100 steps, evals at 25, 50, 75, 100
+
+
+@pytest.fixture(scope="module")
+def funmatch_run(teacher, fmnist_small, tmp_path_factory):
+    """One complete checkpointed funmatch run (resnet_xs student, 500 images, 100 steps), shared by two tests."""
+    _, eval_teacher = run_inputs(FUNMATCH, fmnist_small, teacher)
+    ckpt = tmp_path_factory.mktemp("funmatch_full")
+    res = train(FUNMATCH, fmnist_small, teacher=teacher, eval_teacher=eval_teacher, ckpt_dir=ckpt, **QUIET)
+    return res, eval_teacher
+
+
+def test_funmatch_raises_teacher_student_agreement(funmatch_run):
+    """A short funmatch run lifts test agreement with the teacher from ~0 far above the teacher's majority-class rate.
+
+    100 steps of a 20k-parameter student: agreement is about 0.5 (the teacher's majority class covers ~0.22).
+    """
+    res, eval_teacher = funmatch_run
+    first, last = res.history[0], res.history[-1]
+    assert [r["step"] for r in res.history] == [0, 25, 50, 75, 100] and res.summary["total_steps"] == 100
+    majority = np.bincount(eval_teacher["test"].argmax(-1), minlength=10).max() / 1000
+    assert first["test/agree_top1"] < 0.2
+    assert last["test/agree_top1"] > max(0.4, majority + 0.2)
+    assert last["test/agree_top5"] >= last["test/agree_top1"]
+    assert last["test/kl"] < 0.25 * first["test/kl"]
+    assert res.summary["train_examples"] == 500
+    assert np.isfinite(last["train/loss"])
+
+
+def test_supervised_run_needs_no_teacher(fmnist_small):
+    """A label-only run trains without any teacher, logs no agreement metrics, and learns well above chance."""
+    cfg = distill_cfg(policy="supervised", teacher=None, loss="label_ce", epochs=6)
+    res = train(cfg, fmnist_small, **QUIET)
+    first, mid, last = res.history
+    assert not any("agree" in k or k.endswith("/kl") for k in last)
+    assert first["test/acc"] < 0.2
+    assert last["test/acc"] > 0.25 and last["test/acc"] > first["test/acc"] + 0.1
+    assert last["train/loss"] < mid["train/loss"] < np.log(10)
+    assert res.summary["best/val/acc"] >= last["val/acc"]
+
+
+def test_resume_from_checkpoint_is_bit_identical(funmatch_run, teacher, fmnist_small, tmp_path):
+    """A funmatch run interrupted at its 2nd eval and resumed ends with bit-identical params and metrics."""
+    full, eval_teacher = funmatch_run
+    kw = dict(teacher=teacher, eval_teacher=eval_teacher, ckpt_dir=tmp_path / "split", **QUIET)
+
+    def interrupt(row):
+        interrupted.append(row)
+        if row["step"] == 50:
+            raise KeyboardInterrupt
+
+    interrupted = []
+    with pytest.raises(KeyboardInterrupt):
+        train(FUNMATCH, fmnist_small, on_eval=interrupt, **kw)
+    assert [r["step"] for r in interrupted] == [0, 25, 50]
+    resumed_at = []
+    rest = train(FUNMATCH, fmnist_small, on_resume=resumed_at.append, **kw)
+    assert resumed_at == [25]  # the step-50 eval raised before its checkpoint was saved
+    assert [r["step"] for r in rest.history] == [50, 75, 100]
+
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(rest.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    by_step = {r["step"]: no_time(r) for r in interrupted + rest.history}
+    assert by_step == {r["step"]: no_time(r) for r in full.history}  # exact float equality, row by row
+    assert no_time(rest.summary) == no_time(full.summary)
