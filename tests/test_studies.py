@@ -1,0 +1,183 @@
+"""Studies end to end: grid expansion, shards, the runner, the local store, W&B offline files, report, compare."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ablate.cli import main
+from ablate.study import StudyError, cells, load_study, shard
+
+TINY = textwrap.dedent("""
+    from ablate.study import Study, variant
+
+    STUDY = Study(
+        name="tiny",
+        question="Does the runner work end to end?",
+        base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4,
+                  num_evals=2, lr=1e-2),
+        axes=dict(policy=["funmatch", "fix/rs",
+                          variant("supervised", policy="supervised", loss="label_ce", teacher=None)]),
+        seeds=1,
+        presets=dict(two_seeds=dict(seeds=2)),
+        figures=("final", "loss_vs_acc", "curves"),
+    )
+""")
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / f"{name}.py"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(teacher, tmp_path_factory):
+    """Run the tiny study once into a fresh store with W&B offline; returns (study file, store, first stdout)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    study = write(tmp, "tiny", TINY)
+    store = tmp / "store"
+    rc = main(["run", study, "--store", str(store), "--wandb", "offline", "--no-progress"])
+    assert rc == 0
+    return study, store, tmp
+
+
+def test_study_runs_every_cell_into_the_store(tiny_run):
+    """Every cell has a finished run folder with config, history (step 0 and 2 evals) and a summary."""
+    from ablate.store import RunStore
+
+    study, store, _ = tiny_run
+    ids = [c.run_id for c in cells(load_study(study))]
+    frame = RunStore(store).frame()
+    assert sorted(frame.run_id) == sorted(ids)
+    assert set(frame.status) == {"done"}
+    assert set(frame.policy) == {"funmatch", "fix/rs", "supervised"}
+    for run_id in ids:
+        hist = json.loads((store / run_id / "history.json").read_text())
+        assert len(hist) == 3 and hist[0]["step"] == 0
+        summary = json.loads((store / run_id / "summary.json").read_text())
+        assert 0.0 <= summary["best/test/acc"] <= 1.0 and "last/test/acc" in summary
+    assert frame.loc[frame.policy == "funmatch", "last/test/agree_top1"].notna().all()
+    assert frame.loc[frame.policy == "supervised", "teacher"].isna().all()
+
+
+def test_wandb_offline_files_hold_the_logged_metrics(tiny_run):
+    """Each run has one offline W&B run under its id, whose records (read back with `wandb leet`) hold the metrics."""
+    study, store, _ = tiny_run
+    ids = [c.run_id for c in cells(load_study(study))]
+    run_dirs = sorted((store / "wandb" / "wandb").glob("offline-run-*"))
+    assert sorted(d.name.rsplit("-", 1)[1] for d in run_dirs) == sorted(ids)
+    wandb = pathlib.Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb), "leet", "inspect", "--json", str(run_dirs[0])], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    history = [r for r in records if r.get("type") == "history"]
+    run = next(r for r in records if r.get("type") == "run")["run"]
+    assert run["run_group"] == "tiny" and run["run_id"] in ids
+    assert len(history) == 3
+    local = json.loads((store / run["run_id"] / "history.json").read_text())
+    assert [h["history"]["step"].get("num", 0) for h in history] == [r["step"] for r in local]
+    last = history[-1]["history"]["item"]
+    assert {"val/acc", "test/acc", "train/loss"} <= set(last) and 0.0 <= last["test/acc"] <= 1.0
+
+
+def test_rerun_runs_nothing_new(tiny_run, capsys):
+    """Running a finished study again skips every cell."""
+    study, store, _ = tiny_run
+    before = {p: p.stat().st_mtime for p in store.glob("*/summary.json")}
+    assert main(["run", study, "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0
+    assert "0 ran, 3 already done" in capsys.readouterr().out
+    assert before == {p: p.stat().st_mtime for p in store.glob("*/summary.json")}
+
+
+def test_report_renders_figures_and_tables(tiny_run):
+    """`ablate report` writes report.md with one row per policy, and every declared figure as a PNG."""
+    study, store, tmp = tiny_run
+    out = tmp / "report"
+    assert main(["report", study, "--store", str(store), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "3 of 3 runs finished" in text
+    for policy in ("funmatch", "fix/rs", "supervised"):
+        assert f"| {policy} | 1 |" in text
+    for fig in ("final", "loss_vs_acc", "curves"):
+        assert (out / f"{fig}.png").stat().st_size > 5000
+
+
+def test_compare_prints_ranked_rows_with_deltas(tiny_run, capsys):
+    """`ablate compare` shows one ranked row per policy and the delta to the chosen baseline; --csv exports it."""
+    import pandas as pd
+
+    _, store, tmp = tiny_run
+    csv = tmp / "cmp.csv"
+    assert main(["compare", "meta/study=tiny", "--store", str(store), "--baseline", "policy=supervised",
+                 "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert all(p in out for p in ("funmatch", "fix/rs", "supervised"))
+    table = pd.read_csv(csv)
+    assert list(table["rank"]) == [1, 2, 3]
+    assert table["best/test/acc"].is_monotonic_decreasing
+    assert table.loc[table.policy == "supervised", "delta vs policy=supervised"].iloc[0] == 0.0
+
+
+def test_shards_partition_the_grid(tmp_path):
+    """--shard K/N slices are disjoint and together cover every cell exactly once."""
+    study = load_study(write(tmp_path, "tiny", TINY))
+    grid = [c.run_id for c in cells(study, "two_seeds")]
+    assert len(grid) == 6
+    for n in (1, 2, 4, 7):
+        parts = [[c.run_id for c in shard(cells(study, "two_seeds"), f"{k}/{n}")] for k in range(1, n + 1)]
+        assert sorted(sum(parts, [])) == sorted(grid)
+    with pytest.raises(StudyError, match="K/N"):
+        shard(grid, "3/2")
+
+
+def test_dry_run_prints_grid_and_cost(tmp_path, capsys):
+    """--dry-run lists each cell with its steps and an estimated cost, and runs nothing."""
+    study = write(tmp_path, "tiny", TINY)
+    store = tmp_path / "store"
+    assert main(["run", study, "--dry-run", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs" in out and "steps=" in out and "estimated on cpu-2core" in out
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("STUDY = (", "failed to import"),
+    ("raise RuntimeError('boom')", "RuntimeError: boom"),
+    ("X = 1", "must define STUDY"),
+    (TINY.replace('"fix/rs"', '"fix/nope"'), "unknown policy 'fix/nope'"),
+    (TINY.replace("epochs=4", "epochs=-4"), "epochs must be > 0"),
+    (TINY.replace("seeds=1", "seeds=0"), "seeds must be a positive int"),
+    (TINY.replace('axes=dict(policy=[', 'axes=dict(polcy=['), "unknown config field(s) polcy"),
+])
+def test_bad_study_fails_before_any_run(tmp_path, capsys, body, message):
+    """A malformed study or an unknown axis value: exit 2 with a specific message, nothing written."""
+    study = write(tmp_path, "bad", body)
+    store = tmp_path / "store"
+    assert main(["run", study, "--store", str(store), "--wandb", "disabled"]) == 2
+    assert message in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_unknown_study_and_preset_list_valid_names(tmp_path, capsys):
+    """Unknown study names list the studies found; unknown presets list the study's presets."""
+    assert main(["run", "no_such_study", "--dry-run"]) == 2
+    assert "valid studies: " in capsys.readouterr().err
+    study = write(tmp_path, "tiny", TINY)
+    assert main(["run", study, "--preset", "nope", "--dry-run"]) == 2
+    assert "valid presets: two_seeds" in capsys.readouterr().err
+
+
+def test_shipped_studies_expand(tmp_path):
+    """Every study shipped in studies/ loads and expands under each of its presets."""
+    from ablate.study import available_studies
+
+    names = available_studies()
+    assert {"consistency", "patience", "loss", "mixup", "init", "ood", "optimizer", "resolution"} <= set(names)
+    for name in names:
+        study = load_study(name)
+        for preset in [None, *study.presets]:
+            assert cells(study, preset)
