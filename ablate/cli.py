@@ -47,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preset", default=None)
     r.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
     r.add_argument("--shard", default=None, metavar="K/N", help="run only the K-th of N disjoint slices")
+    r.add_argument("--cell", default=None, metavar="RUN_ID", help="run only the cell with this run id")
     _sink_args(r)
+
+    sw = sub.add_parser("sweep", help="write a W&B grid sweep over a study's cells (one agent run per cell)")
+    sw.add_argument("study", help="study name (in ./studies) or path to a study file")
+    sw.add_argument("--preset", default=None)
+    sw.add_argument("--format", default="yaml", choices=["yaml", "json"])
+    sw.add_argument("--out", default=None, help="write the config to this file (default: print it)")
+    sw.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "ablate"))
+    sw.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
 
     rep = sub.add_parser("report", help="render a study's figures and report.md from its logged runs")
     rep.add_argument("study")
@@ -167,7 +176,11 @@ def cmd_run(args) -> int:
     from ablate import estimate
 
     study = load_study(args.study)
-    grid = shard(cells(study, args.preset), args.shard)
+    grid = cells(study, args.preset)
+    if args.cell:
+        from ablate.sweep import select_cell
+        grid = select_cell(grid, args.cell, study.name, args.preset)
+    grid = shard(grid, args.shard)
     if args.dry_run:
         print(estimate.describe_grid(study, grid, args.preset))
         return 0
@@ -208,8 +221,27 @@ def cmd_compare(args) -> None:
         print(f"written {args.csv}")
 
 
+def cmd_sweep(args) -> None:
+    import pathlib
+    from ablate import sweep
+    from ablate.study import cells, load_study
+
+    study = load_study(args.study)
+    config = sweep.sweep_config(args.study, study, cells(study, args.preset), args.preset,
+                                project=args.wandb_project, entity=args.wandb_entity)
+    text = sweep.dumps(config, args.format)
+    if not args.out:
+        print(text, end="")
+        return
+    pathlib.Path(args.out).write_text(text)
+    n = len(config["parameters"][sweep.PARAMETER]["values"])
+    print(f"wrote {args.out}: grid sweep over {n} cells; start it with `wandb sweep {args.out}`, then run "
+          "`wandb agent ENTITY/PROJECT/SWEEP_ID` on each machine", file=sys.stderr)
+
+
 COMMANDS = {"list": cmd_list, "teacher": cmd_teacher, "distill": cmd_distill, "run": cmd_run,
             "report": cmd_report, "compare": cmd_compare}
+COMMANDS["sweep"] = cmd_sweep
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -40,7 +40,7 @@ class RunConfig:
     resolution: int = 0  # student input size; 0 means the dataset's default
     init: str | None = None  # run id of a finished run whose student initialises this one
     seed: int = 0
-    num_evals: int = 20  # evaluations spread evenly over the schedule
+    num_evals: int = 10  # evaluations spread evenly over the schedule (plus one at step 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,7 +1,14 @@
-"""Cost estimates for a grid: steps, FLOPs from XLA's cost analysis, and time per kind of machine."""
+"""Cost estimates for a grid: steps, FLOPs from XLA's cost analysis, and time per kind of machine.
+
+Nothing here needs the data or the teacher files: a dataset that cannot be
+opened falls back to its known split sizes and image shapes (the TFDS table in
+`ablate.data.tfds`), and FLOPs come from lowering the models on abstract inputs
+(`jax.jit(...).lower(...).cost_analysis()`: no compilation, no parameters in memory).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -10,14 +17,37 @@ import jax.numpy as jnp
 from ablate.data import load_dataset
 from ablate.policies import POLICIES
 
-# Sustained float32/bfloat16 throughput assumed for a whole training step (FLOP/s).
-# "cpu-2core" was measured here (see README); the accelerators are ~40% of their peak.
-MACHINES = {"cpu-2core": 65e9, "nvidia-a100": 0.4 * 312e12, "nvidia-h100": 0.4 * 990e12, "tpu-v3-8": 0.4 * 420e12}
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """A kind of machine: `devices` accelerators of `peak` FLOP/s each, of which `utilisation` is sustained."""
+
+    devices: int
+    peak: float  # FLOP/s per device at the precision a float32 model runs in (see `note`)
+    utilisation: float
+    note: str
+
+    @property
+    def rate(self) -> float:
+        return self.devices * self.peak * self.utilisation
+
+
+# Our models are float32. JAX runs float32 matmuls/convolutions as TF32 on NVIDIA GPUs and as bfloat16
+# passes on TPUs by default, so those are the peaks used (dense, no sparsity). Multi-device rows assume
+# data-parallel training scales linearly (see the README's Performance section); cpu-2core was measured.
+MACHINES = {
+    "cpu-2core": Machine(1, 65e9, 1.0, "measured sustained rate of a training step on 2 CPU cores"),
+    "nvidia-a100": Machine(1, 156e12, 0.4, "A100: 156 TFLOP/s TF32 peak x 40%"),
+    "nvidia-h100": Machine(1, 495e12, 0.4, "H100 SXM: 495 TFLOP/s TF32 peak x 40%"),
+    "nvidia-h100x8": Machine(8, 495e12, 0.4, "8 x H100 SXM, data-parallel"),
+    "tpu-v3-8": Machine(4, 123e12, 0.4, "4 TPU v3 chips x 123 TFLOP/s bf16 peak x 40%"),
+    "tpu-v4-8": Machine(4, 275e12, 0.4, "4 TPU v4 chips x 275 TFLOP/s bf16 peak x 40%"),
+}
 
 
 @functools.lru_cache(maxsize=None)
 def forward_flops(model_name: str, num_classes: int, resolution: int, channels: int) -> float:
-    """FLOPs of one forward pass on one image, from XLA's cost analysis (no compilation to run)."""
+    """FLOPs of one forward pass on one image, from XLA's cost analysis (lowered only, never compiled)."""
     from ablate.models import build_model
 
     model = build_model(model_name, num_classes)
@@ -28,49 +58,126 @@ def forward_flops(model_name: str, num_classes: int, resolution: int, channels: 
     return float(cost.get("flops", 0.0))
 
 
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What costing a run needs to know of its dataset."""
+
+    num_classes: int
+    resolution: int  # default model resolution
+    channels: int
+    train: int
+    val: int
+    test: int
+    source: str  # "data" (opened) or "known sizes" (the data is not here)
+
+
 @functools.lru_cache(maxsize=None)
-def _dataset_facts(name: str):
+def dataset_facts(name: str) -> Facts | None:
+    """The dataset's facts from its data if it can be opened, else from the known TFDS table, else None."""
     try:
         d = load_dataset(name)
+        return Facts(d.num_classes, d.default_resolution, d.image_shape[2], len(d.train), len(d.val), len(d.test),
+                     "data")
     except Exception:  # noqa: BLE001 - dry runs must work without the data
+        pass
+    from ablate.data.tfds import known_facts
+
+    k = known_facts(name)
+    if k is None or k["train"] is None:
         return None
-    return d.num_classes, d.default_resolution, d.image_shape[2], len(d.train)
+    return Facts(k["num_classes"], k["resolution"], k["image_shape"][2], k["train"], k["val"] or 0, k["test"] or 0,
+                 "known sizes")
+
+
+def _steps(cfg, n: int) -> int:
+    return max(1, int(cfg.epochs * n) // cfg.batch_size)  # as ablate.train.num_steps
 
 
 def cell_cost(cfg) -> dict:
-    """Steps, images and FLOPs of one run (training only; evaluation is small in comparison)."""
-    from ablate.teachers import teacher_config
+    """Steps and FLOPs of one run: training, its evaluations, and one-off teacher work (shared between runs).
 
-    facts = _dataset_facts(cfg.dataset)
+    Training counts 3 forward passes of the student per image (forward + backward)
+    plus one of the teacher when it runs inside the step. `once` maps a key to
+    the FLOPs of work that is cached and shared by every run with that key: the
+    fixed teacher's targets (x `ens_crops` for fix/ic_ens), the teacher's logits
+    on val/test, and training a named teacher that is not cached yet.
+    """
+    from ablate.teachers import CheckpointTeacher, TEACHERS, teacher_dir
+
+    facts = dataset_facts(cfg.dataset)
     if facts is None:
-        return {"steps": None, "flops": None}
-    classes, default_res, channels, n_train = facts
-    n = classes * cfg.subset_per_class if cfg.subset_per_class else n_train
-    steps = max(1, int(cfg.epochs * n) // cfg.batch_size)
+        return {"steps": None, "flops": None, "train_flops": None, "eval_flops": None, "once": {}}
+    n = facts.num_classes * cfg.subset_per_class if cfg.subset_per_class else facts.train
+    steps = _steps(cfg, n)
     images = steps * cfg.batch_size
-    res = cfg.resolution or default_res
-    flops = 3 * forward_flops(cfg.model, classes, res, channels)
-    if cfg.teacher is not None and POLICIES.get(cfg.policy).runs_teacher:
-        t = teacher_config(cfg.teacher)
-        flops += forward_flops(t.model, classes, t.resolution or default_res, channels)
-    return {"steps": steps, "flops": flops * images}
+    res = cfg.resolution or facts.resolution
+    student = forward_flops(cfg.model, facts.num_classes, res, facts.channels)
+    train_flops = 3 * student * images
+    eval_flops = (cfg.num_evals + 1) * (facts.val + facts.test) * student
+    once = {}
+    policy = POLICIES.get(cfg.policy)
+    if cfg.teacher is not None and policy.teacher:
+        entry = TEACHERS.get(cfg.teacher)
+        t = entry.cfg
+        t_facts = dataset_facts(t.dataset) or facts
+        teacher = forward_flops(t.model, t_facts.num_classes, t.resolution or t_facts.resolution, facts.channels)
+        if policy.runs_teacher:
+            train_flops += teacher * images
+        else:
+            k = cfg.ens_crops if policy.fixed_view == "ic_ens" else 1
+            key = ("targets", cfg.teacher, cfg.dataset, cfg.subset_per_class, cfg.subset_seed, policy.fixed_view,
+                   k if k > 1 else None, cfg.ic_min_area if k > 1 else None)
+            once[key] = k * n * teacher
+        once[("teacher-eval", cfg.teacher, cfg.dataset)] = (facts.val + facts.test) * teacher
+        if not isinstance(entry, CheckpointTeacher) and not (teacher_dir(cfg.teacher) / "summary.json").exists():
+            t_cost = cell_cost(t)
+            once[("teacher-train", cfg.teacher)] = (t_cost["flops"] or 0.0) + sum(t_cost["once"].values())
+    return {"steps": steps, "flops": train_flops + eval_flops, "train_flops": train_flops,
+            "eval_flops": eval_flops, "once": once}
 
 
 def describe_grid(study, grid, preset) -> str:
     lines = [f"study {study.name} (preset {preset or 'default'}): {len(grid)} runs", f"  {study.question}", ""]
-    total_steps, total_flops = 0, 0.0
+    total_steps, train_flops, eval_flops, once, unknown = 0, 0.0, 0.0, {}, 0
     for cell in grid:
         c = cell_cost(cell.config)
         point = " ".join(f"{k}={v}" for k, v in cell.point.items())
-        steps = "?" if c["steps"] is None else f"{c['steps']:,}"
-        lines.append(f"  {cell.run_id}  {point:<60} steps={steps}")
+        if c["steps"] is None:
+            unknown += 1
+            cost = "steps=?"
+        else:
+            cost = f"steps={c['steps']:,}  {_flops(c['flops'])}"
+        lines.append(f"  {cell.run_id}  {point:<60} {cost}")
         total_steps += c["steps"] or 0
-        total_flops += c["flops"] or 0.0
+        train_flops += c["train_flops"] or 0.0
+        eval_flops += c["eval_flops"] or 0.0
+        once.update(c["once"])
+    once_flops = sum(once.values())
+    total = train_flops + eval_flops + once_flops
     lines.append("")
-    lines.append(f"total: {total_steps:,} steps, {total_flops / 1e15:.3g} PFLOP of training")
-    for machine, rate in MACHINES.items():
-        lines.append(f"  estimated on {machine:<12} {_duration(total_flops / rate)}")
+    lines.append(f"total: {total_steps:,} steps, {_flops(total)}: {_flops(train_flops)} training, "
+                 f"{_flops(eval_flops)} evaluation, {_flops(once_flops)} one-off teacher work "
+                 "(fixed targets, teacher logits, training uncached teachers)")
+    datasets = sorted({c.config.dataset for c in grid})
+    for name in datasets:
+        f = dataset_facts(name)
+        if f is None:
+            lines.append(f"  dataset {name}: size unknown (cannot open it and no known split sizes)")
+        else:
+            where = "from the data" if f.source == "data" else "known TFDS split sizes; the data is not needed"
+            lines.append(f"  dataset {name}: train {f.train:,}, val {f.val:,}, test {f.test:,} ({where})")
+    if unknown:
+        lines.append(f"  {unknown} run(s) could not be costed and count as 0")
+    for machine, m in MACHINES.items():
+        lines.append(f"  estimated on {machine:<14} {_duration(total / m.rate):>11}   ({m.note})")
     return "\n".join(lines)
+
+
+def _flops(x: float) -> str:
+    for unit, scale in (("ZFLOP", 1e21), ("EFLOP", 1e18), ("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} FLOP"
 
 
 def _duration(seconds: float) -> str:
@@ -80,4 +187,6 @@ def _duration(seconds: float) -> str:
         return f"{seconds / 60:.0f} min"
     if seconds < 3 * 86400:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    if seconds < 2 * 365 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / (365 * 86400):.1f} years"

@@ -87,9 +87,9 @@ def cells(study: Study, preset: str | None = None) -> list[Cell]:
     """Expand a study into its cells, validated; the order is deterministic."""
     s = study.resolve(preset)
     _check_shape(s)
-    blocks = [[{k: v} for v in vals] for k, vals in s.axes.items()]
+    blocks = [[{"seed": i} for i in range(s.seeds)]]  # seeds vary slowest: a partial grid covers every cell once
+    blocks += [[{k: v} for v in vals] for k, vals in s.axes.items()]
     blocks += [[dict(zip(z, vals)) for vals in zip(*z.values())] for z in s.zipped]
-    blocks.append([{"seed": i} for i in range(s.seeds)])
     out = []
     for combo in itertools.product(*blocks):
         values, point = dict(s.base), {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 
 import jax
@@ -14,10 +15,26 @@ from ablate import paths, views
 from ablate.config import RunConfig, content_hash
 from ablate.data import DatasetSplits, load_dataset
 from ablate.models import build_model
-from ablate.registry import Registry
+from ablate.registry import Registry, UnknownNameError
 from ablate.train import Frozen, load_params, predict, save_params, student_source, train
 
-TEACHERS: Registry = Registry("teacher")
+NPZ_PREFIX = "npz:"
+NPZ_FORMAT = "npz:MODEL:DATASET:RESOLUTION:PATH"
+
+
+class _TeacherRegistry(Registry):
+    """The teacher registry; it also resolves names of the form npz:MODEL:DATASET:RESOLUTION:PATH on the fly."""
+
+    def get(self, name: str):
+        if isinstance(name, str) and name.startswith(NPZ_PREFIX) and name not in self._entries:
+            return parse_npz_name(name)
+        try:
+            return super().get(name)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"{e} (or a BiT checkpoint as {NPZ_FORMAT})") from None
+
+
+TEACHERS: Registry = _TeacherRegistry("teacher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +65,143 @@ register_teacher("fmnist_xs", dataclasses.replace(_TEACHER_BASE, model="resnet_x
                  "Tiny, quickly trained teacher (3k images, 6 epochs) for tests and smoke runs.")
 
 
+# ----------------------------------------------------------------------------- checkpoint teachers
+
+BIT_DIR_ENV = "ABLATE_BIT_DIR"
+
+
+def bit_dir() -> pathlib.Path:
+    """Where relative teacher checkpoint paths are looked up: $ABLATE_BIT_DIR, else <cache>/bit (~/.cache/ablate/bit)."""
+    return pathlib.Path(os.environ.get(BIT_DIR_ENV) or paths.cache_dir() / "bit").expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointTeacher(NamedTeacher):
+    """A teacher that is a fine-tuned BiT `.npz` checkpoint (head kept): loaded, never trained.
+
+    `cfg` carries what the rest of ablate asks of a teacher (model, dataset,
+    resolution); `path` is absolute or relative to `bit_dir()`, resolved when
+    the teacher is loaded, so run ids do not depend on where the files live.
+    """
+
+    path: str = ""
+
+    @property
+    def __doc__(self):  # noqa: D105  (the class docstring would otherwise hide NamedTeacher's property)
+        return self.doc
+
+    @property
+    def file(self) -> pathlib.Path:
+        p = pathlib.Path(self.path).expanduser()
+        return p if p.is_absolute() else bit_dir() / p
+
+
+def _checkpoint_entry(model: str, dataset: str, path: str, resolution: int, doc: str) -> CheckpointTeacher:
+    from ablate.data import DATASETS
+    from ablate.models import MODELS
+
+    MODELS.check(model)
+    DATASETS.check(dataset)
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 0:
+        raise ValueError(f"checkpoint teacher resolution must be an int >= 0 (0 = dataset default), got {resolution!r}")
+    if not path:
+        raise ValueError("checkpoint teacher needs a path to a .npz file")
+    cfg = RunConfig(dataset=dataset, teacher=None, model=model, policy="supervised", loss="label_ce",
+                    resolution=resolution, subset_per_class=None)
+    return CheckpointTeacher(cfg, doc, str(path))
+
+
+def register_checkpoint_teacher(name: str, *, model: str, dataset: str, path: str, resolution: int = 0,
+                                doc: str | None = None) -> None:
+    """Register `name` as the BiT checkpoint at `path` (absolute, or relative to $ABLATE_BIT_DIR), fine-tuned on `dataset`.
+
+    The checkpoint's head must have the dataset's class count: it is the
+    teacher's classifier and is loaded, not re-initialised.
+    """
+    doc = doc or f"BiT checkpoint {path}: {model} fine-tuned on {dataset} at {resolution or 'default'} px."
+    TEACHERS.register(name)(_checkpoint_entry(model, dataset, path, resolution, doc))
+
+
+def parse_npz_name(name: str) -> CheckpointTeacher:
+    """npz:MODEL:DATASET:RESOLUTION:PATH -> an unregistered checkpoint teacher (PATH may itself contain ':')."""
+    parts = name[len(NPZ_PREFIX):].split(":", 3)
+    if len(parts) != 4 or not all(parts):
+        raise UnknownNameError(f"teacher {name!r} does not look like {NPZ_FORMAT} "
+                               f"(e.g. npz:bit_r152x2:oxford_flowers102:128:R152x2_T_flowers128.npz)")
+    model, dataset, res, path = parts
+    try:
+        resolution = int(res)
+    except ValueError:
+        raise UnknownNameError(f"teacher {name!r}: RESOLUTION must be an int, got {res!r} ({NPZ_FORMAT})") from None
+    try:
+        return _checkpoint_entry(model, dataset, path, resolution, f"BiT checkpoint {path} ({model}, {dataset}).")
+    except UnknownNameError as e:
+        raise UnknownNameError(f"teacher {name!r}: {e}") from None
+
+
+def _num_classes(dataset: str, data: DatasetSplits | None) -> tuple[int, int, int]:
+    """(classes, channels, default resolution) of `dataset`, from `data`, else the TFDS table, else the data."""
+    from ablate.data.tfds import SPECS
+
+    if data is None and dataset in SPECS:
+        spec = SPECS[dataset]
+        return spec.num_classes, 3, spec.resolution
+    data = data or load_dataset(dataset)
+    return data.num_classes, data.image_shape[2], data.default_resolution
+
+
+def load_checkpoint_teacher(name: str, entry: CheckpointTeacher, data: DatasetSplits | None = None,
+                            log=print) -> Teacher:
+    """Build the teacher's model and load its `.npz` (head included, all tensors checked); evaluates nothing."""
+    from ablate.data import DataError
+    from ablate.models.checkpoints import CheckpointError, load_bit_npz
+
+    cfg = entry.cfg
+    classes, channels, default_res = _num_classes(cfg.dataset, data)
+    res = cfg.resolution or default_res
+    file = entry.file
+    if not file.is_file():
+        raise DataError(f"teacher {name}: checkpoint {file} does not exist. Put the file there (the paper's "
+                        f"teachers: gsutil cp gs://bit_models/distill/{file.name} {file.parent}/), set "
+                        f"${BIT_DIR_ENV} to the folder that holds it, or give an absolute path.")
+    model = build_model(cfg.model, classes)
+    x = jax.ShapeDtypeStruct((1, res, res, channels), np.float32)
+    template = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    log(f"loading teacher {name} ({cfg.model}, {classes} classes, {res} px) from {file}")
+    try:
+        params = load_bit_npz(file, template, skip_head=False, strict=True)
+    except CheckpointError as e:
+        raise DataError(f"teacher {name}: {e}") from None
+    summary = {"config": cfg.to_dict(), "checkpoint": str(file), "source": "checkpoint"}
+    return Teacher(model=model, params=params, resolution=res, name=name,
+                   fingerprint=params_fingerprint(params), summary=summary)
+
+
+# The paper's teachers: BiT-M R152x2 fine-tuned per dataset (gs://bit_models/distill/R152x2_T_*.npz).
+PAPER_TEACHERS = {
+    "bit_flowers_t": ("oxford_flowers102", 128, "R152x2_T_flowers128.npz"),
+    "bit_pets_t": ("oxford_iiit_pet", 128, "R152x2_T_pet128.npz"),
+    "bit_food_t": ("food101", 128, "R152x2_T_food128.npz"),
+    "bit_sun_t": ("sun397", 128, "R152x2_T_sun128.npz"),
+    "bit_imagenet_t224": ("imagenet2012", 224, "R152x2_T_224.npz"),
+    "bit_imagenet_t384": ("imagenet2012", 384, "R152x2_T_384.npz"),
+}
+for _name, (_dataset, _res, _file) in PAPER_TEACHERS.items():
+    register_checkpoint_teacher(_name, model="bit_r152x2", dataset=_dataset, path=_file, resolution=_res,
+                                doc=f"Paper teacher: BiT-M R152x2 fine-tuned on {_dataset} at {_res} px "
+                                    f"({_file} in $ABLATE_BIT_DIR, default ~/.cache/ablate/bit).")
+
+
 def teacher_config(name: str) -> RunConfig:
     return TEACHERS.get(name).cfg
 
 
 def teacher_dir(name: str) -> pathlib.Path:
-    cfg = teacher_config(name)
+    """Where a trained teacher is cached; for a checkpoint teacher, its `.npz` file."""
+    entry = TEACHERS.get(name)
+    if isinstance(entry, CheckpointTeacher):
+        return entry.file
+    cfg = entry.cfg
     return paths.teachers_dir() / f"{name}-{cfg.run_id}"
 
 
@@ -74,7 +222,15 @@ def params_fingerprint(params) -> str:
 
 def get_teacher(name: str, data: DatasetSplits | None = None, *, progress: bool = True,
                 log=print) -> Teacher:
-    """Load the named teacher from the cache, training it first if it is not there."""
+    """Load the named teacher from the cache, training it first if it is not there.
+
+    A checkpoint teacher (`register_checkpoint_teacher`, or an npz:... name) is
+    read from its `.npz` instead: never trained, never evaluated, and `data` may
+    be None when the dataset's class count is known without the data.
+    """
+    entry = TEACHERS.get(name)
+    if isinstance(entry, CheckpointTeacher):
+        return load_checkpoint_teacher(name, entry, data, log=log)
     cfg = teacher_config(name)
     folder = teacher_dir(name)
     data = data or load_dataset(cfg.dataset)

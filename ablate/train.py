@@ -22,7 +22,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
-from ablate import optim, views
+from ablate import optim, parallel, views
 from ablate.config import ConfigError, RunConfig
 from ablate.data import ArraySource, DatasetSplits, balanced_subset
 from ablate.losses import LossSpec
@@ -88,19 +88,21 @@ def num_steps(cfg: RunConfig, n_examples: int) -> int:
     return max(1, int(cfg.epochs * n_examples) // cfg.batch_size)
 
 
-def batches(source, cfg: RunConfig, total_steps: int) -> grain.MapDataset:
+def batches(source, cfg: RunConfig, total_steps: int, rows: slice = slice(None)) -> grain.MapDataset:
     """Random-access batches: batch k is the same for a given seed however the run got to step k.
 
     Each epoch is a fresh seeded shuffle of the source; batches run across epoch
-    boundaries, so every example is seen equally often.
+    boundaries, so every example is seen equally often. `rows` selects the part
+    of every global batch this process loads (data parallelism over hosts).
     """
     if cfg.batch_size > len(source):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(source)} training examples")
     epochs = math.ceil(total_steps * cfg.batch_size / len(source))
-    order = grain.MapDataset.range(len(source)).shuffle(seed=cfg.seed).repeat(epochs)
+    order = (grain.MapDataset.range(len(source)).shuffle(seed=cfg.seed).repeat(epochs)
+             .batch(cfg.batch_size, drop_remainder=True).map(lambda idx: np.asarray(idx)[rows]))
     if hasattr(source, "gather"):  # in-memory arrays: gather whole batches by index
-        return order.batch(cfg.batch_size, drop_remainder=True).map(lambda idx: source.gather(np.asarray(idx)))
-    return order.map(lambda i: source[int(i)]).batch(cfg.batch_size, drop_remainder=True)
+        return order.map(source.gather)
+    return order.map(lambda idx: {k: np.stack([source[int(i)][k] for i in idx]) for k in ("image", "label", "index")})
 
 
 # ----------------------------------------------------------------------------- the step
@@ -224,7 +226,6 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
     policy = POLICIES.get(cfg.policy)
     source = student_source(cfg, data)
     total = num_steps(cfg, len(source))
-    ds = batches(source, cfg, total)
     s_res = cfg.resolution or data.default_resolution
     t_res = teacher.resolution if teacher is not None else s_res
     student = build_model(cfg.model, data.num_classes)
@@ -234,11 +235,15 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
         params = student.init(jax.random.key(cfg.seed), jnp.zeros((1, s_res, s_res, c)))["params"]
     optimizer = optim.paper_optimizer(cfg.lr, cfg.wd, total, round(cfg.warmup_frac * total), cfg.clip,
                                       name=cfg.optimizer)
-    state = TrainState(params, optimizer.init(params), jnp.int32(0))
+    dp = parallel.DataParallel()
+    if cfg.batch_size % dp.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dp.size} devices")
+    ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
+    state = dp.replicate(TrainState(params, optimizer.init(params), jnp.int32(0)))
     step_fn = jax.jit(make_train_step(cfg, student, teacher.model if teacher else None, optimizer,
                                       data.num_classes, s_res, t_res), donate_argnums=(0,))
-    t_params = teacher.params if (teacher is not None and policy.runs_teacher) else None
-    targets = None if targets is None else jnp.asarray(targets)
+    t_params = dp.replicate(teacher.params) if (teacher is not None and policy.runs_teacher) else None
+    targets = None if targets is None else dp.replicate(jnp.asarray(targets))
     if policy.fixed_view is not None and targets is None:
         raise ValueError(f"policy {cfg.policy} needs the fixed teacher's targets")
     base_key = jax.random.key(cfg.seed)
@@ -296,8 +301,7 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
             history.append(row)
             on_eval and on_eval(row)
         for step in range(start, total):
-            batch = ds[step]
-            batch = {k: batch[k] for k in ("image", "label", "index")}
+            batch = dp.shard(ds[step])
             state, loss = step_fn(state, t_params, targets, batch, jax.random.fold_in(base_key, step))
             pending.append((step, loss))
             if len(pending) >= 25 or step + 1 in eval_steps:

@@ -8,12 +8,12 @@ POLICIES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "sa
 STUDY = Study(
     name="consistency",
     question="Must the teacher see exactly the student's view? Fixed vs independent vs consistent vs function matching.",
-    base=dict(epochs=1000),
+    base=dict(epochs=300),
     axes=dict(policy=POLICIES),
     seeds=3,
     presets=dict(
         quick=dict(epochs=60, seeds=1, num_evals=6),
-        full=dict(epochs=1000, seeds=3),
+        full=dict(epochs=300, seeds=3),
     ),
     figures=("final", "loss_vs_acc", "curves"),
 )

@@ -8,12 +8,12 @@ STUDY = Study(
     axes=dict(
         policy=["fix/rs", "fix/ic_ens", "same/ic", "funmatch",
                 variant("supervised", policy="supervised", loss="label_ce", teacher=None)],
-        epochs=[30, 100, 300, 1000],
+        epochs=[10, 30, 100, 300],
     ),
     seeds=3,
     presets=dict(
         quick=dict(epochs=[10, 30, 90], seeds=1, num_evals=5),
-        full=dict(epochs=[30, 100, 300, 1000], seeds=3),
+        full=dict(epochs=[10, 30, 100, 300], seeds=3),
     ),
     x="epochs",
     hue="policy",

@@ -33,21 +33,62 @@ class TfdsSpec:
     splits: tuple[str, str, str]
     num_classes: int
     resolution: int
+    # Example counts of the TFDS splits (TFDS catalog), so dry runs can size a run without the data.
+    num_examples: dict = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def source_size(self) -> int:
         return round(1.25 * self.resolution)
 
+    def split_size(self, split: str) -> int | None:
+        """Examples in a split string such as 'train[:90%]', from the known counts (None if unknown)."""
+        return split_size(split, self.num_examples)
+
+    @property
+    def sizes(self) -> tuple[int | None, int | None, int | None]:
+        """Known (train, val, test) sizes of the splits the paper uses."""
+        return tuple(self.split_size(s) for s in self.splits)
+
 
 SPECS = {
-    "oxford_flowers102": TfdsSpec("oxford_flowers102", ("train", "validation", "test"), 102, 128),
-    "oxford_iiit_pet": TfdsSpec("oxford_iiit_pet", ("train[:90%]", "train[90%:]", "test"), 37, 128),
-    "food101": TfdsSpec("food101", ("train[:90%]", "train[90%:]", "validation"), 101, 128),
-    "sun397": TfdsSpec("sun397/tfds", ("train", "validation", "test"), 397, 128),
-    "imagenet2012": TfdsSpec("imagenet2012", ("train[:98%]", "train[99%:]", "validation"), 1000, 224),
+    "oxford_flowers102": TfdsSpec("oxford_flowers102", ("train", "validation", "test"), 102, 128,
+                                  {"train": 1020, "validation": 1020, "test": 6149}),
+    "oxford_iiit_pet": TfdsSpec("oxford_iiit_pet", ("train[:90%]", "train[90%:]", "test"), 37, 128,
+                                {"train": 3680, "test": 3669}),
+    "food101": TfdsSpec("food101", ("train[:90%]", "train[90%:]", "validation"), 101, 128,
+                        {"train": 75750, "validation": 25250}),
+    # sun397/tfds: TFDS's split lists hold 76,128 / 10,875 / 21,750 files; its builder skips one train image
+    "sun397": TfdsSpec("sun397/tfds", ("train", "validation", "test"), 397, 128,
+                       {"train": 76127, "validation": 10875, "test": 21750}),
+    "imagenet2012": TfdsSpec("imagenet2012", ("train[:98%]", "train[99%:]", "validation"), 1000, 224,
+                             {"train": 1281167, "validation": 50000}),
 }
 MANUAL = {"imagenet2012": ("ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org/"
                            "download-images (registration required)")}
+
+
+def split_size(split: str, num_examples: dict) -> int | None:
+    """Examples selected by a TFDS split string ('train', 'train[:90%]', 'a+b'), by TFDS's own slicing rules."""
+    import types
+
+    import tensorflow_datasets as tfds
+
+    try:
+        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
+            {k: types.SimpleNamespace(num_examples=n) for k, n in num_examples.items()})
+    except (ValueError, KeyError, AssertionError):
+        return None
+    return sum((num_examples[i.splitname] if i.to is None else i.to) - (i.from_ or 0) for i in instructions)
+
+
+def known_facts(name: str) -> dict | None:
+    """What a dry run needs of registered TFDS dataset `name` without its data: classes, shapes, split sizes."""
+    spec = SPECS.get(name)
+    if spec is None:
+        return None
+    train, val, test = spec.sizes
+    return {"num_classes": spec.num_classes, "resolution": spec.resolution,
+            "image_shape": (spec.source_size, spec.source_size, 3), "train": train, "val": val, "test": test}
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
