@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
     rep.add_argument("--out", default=None, help="output folder (default: reports/STUDY)")
 
+    f = sub.add_parser("findings", help="test the paper's findings 1-8 against logged runs; writes a markdown table")
+    f.add_argument("--preset", default="full")
+    f.add_argument("--store", default=None)
+    f.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
+    f.add_argument("--out", default=None, help="also write the table to this file")
+
     c = sub.add_parser("compare", help="table of runs grouped over seeds, ranked, with deltas to a baseline")
     c.add_argument("filters", nargs="*", help="FIELD=VALUE filters, e.g. policy=funmatch meta/study=consistency")
     c.add_argument("--store", default=None)
@@ -78,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ablate import parallel
+
+    parallel.initialize()
     from ablate.config import ConfigError
     from ablate.data import DataError
     from ablate.registry import UnknownNameError
@@ -125,6 +134,9 @@ def cmd_teacher(args) -> None:
 
     t = get_teacher(args.name, progress=not args.no_progress)
     s = t.summary
+    if s.get("last/test/acc") is None:
+        print(f"teacher {args.name}: loaded from its checkpoint (not evaluated by ablate), {teacher_dir(args.name)}")
+        return
     print(f"teacher {args.name}: test acc {s['last/test/acc']:.4f}, val acc {s['last/val/acc']:.4f} "
           f"({s.get('last/time/train_s', 0):.0f} s of training), stored in {teacher_dir(args.name)}")
 
@@ -206,6 +218,18 @@ def cmd_report(args) -> None:
     print(f"report written to {out / 'report.md'}")
 
 
+def cmd_findings(args) -> None:
+    import pathlib
+
+    from ablate import findings, paths
+    from ablate.store import RunStore
+
+    text = findings.table(args.preset, RunStore(args.store or paths.store_dir()), args.source)
+    print(text)
+    if args.out:
+        pathlib.Path(args.out).write_text(text + "\n")
+
+
 def cmd_compare(args) -> None:
     from ablate import paths, report
     from ablate.store import RunStore
@@ -240,7 +264,7 @@ def cmd_sweep(args) -> None:
 
 
 COMMANDS = {"list": cmd_list, "teacher": cmd_teacher, "distill": cmd_distill, "run": cmd_run,
-            "report": cmd_report, "compare": cmd_compare}
+            "report": cmd_report, "compare": cmd_compare, "findings": cmd_findings}
 COMMANDS["sweep"] = cmd_sweep
 
 if __name__ == "__main__":

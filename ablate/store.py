@@ -1,12 +1,16 @@
 """The local run store: one folder per run id with config, metric history, status and summary.
 
-Every file is written atomically (temporary file, then rename), so a reader
-never sees half a file; a cell is claimed with an exclusive lock file so two
-processes never run it at once.
+Every file is written atomically (temporary file, fsync, then rename), so a
+reader never sees half a file; a cell is claimed with an exclusive lock file,
+created with its content in one step, so two processes never run it at once and
+a killed process never leaves a lock that looks alive. A file damaged from the
+outside is reported with its path: the run shows as "damaged" in reports and is
+rewritten when the run is run again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -16,32 +20,71 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-DONE, RUNNING, FAILED = "done", "running", "failed"
-
-
-def write_json(path: pathlib.Path, obj: Any) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=float)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_json(path: pathlib.Path, default: Any = None) -> Any:
-    """Read JSON, or `default` when the file is missing; a damaged file raises StoreError naming it."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return default
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path} is damaged ({e})") from None
+DONE, RUNNING, FAILED, DAMAGED = "done", "running", "failed", "damaged"
+RUN_FILES = ("config.json", "status.json", "history.json", "summary.json")
 
 
 class StoreError(RuntimeError):
     """A run folder that cannot be read or written; the message names the path."""
+
+
+def write_json(path: pathlib.Path, obj: Any) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never a mix.
+
+    An unwritable or full folder raises StoreError naming the path; the old file
+    (if any) is left as it was and the temporary file is removed.
+    """
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True, default=float)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(f"cannot write {path}: {e.strerror or e}") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: pathlib.Path) -> None:
+    """Make a rename durable (best effort: not every file system supports it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_json(path: pathlib.Path, default: Any = None, kind: type | None = None) -> Any:
+    """Read JSON, or `default` when the file is missing; a damaged file raises StoreError naming it.
+
+    With `kind` (dict or list), valid JSON of another shape counts as damaged too.
+    """
+    try:
+        obj = json.loads(pathlib.Path(path).read_text())
+    except FileNotFoundError:
+        return default
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is damaged ({e})") from None
+    except OSError as e:
+        raise StoreError(f"cannot read {path}: {e.strerror or e}") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise StoreError(f"{path} is damaged (expected a JSON {kind.__name__}, found {type(obj).__name__})")
+    return obj
+
+
+def _proc_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), to tell it from a later process with the same pid."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 class RunStore:
@@ -56,28 +99,48 @@ class RunStore:
     def ckpt_dir(self, run_id: str) -> pathlib.Path:
         return self.run_dir(run_id) / "checkpoints"
 
-    # -- writing
-    def start(self, run_id: str, config: dict, meta: dict) -> None:
+    def check_writable(self) -> None:
+        """Fail early, naming the folder, when the store cannot be created or written."""
+        probe = self.root / f".probe.{os.getpid()}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise StoreError(f"cannot write run store {self.root}: {e.strerror or e}") from None
+
+    # -- writing (the caller holds the cell's lock)
+    def start(self, run_id: str, config: dict, meta: dict) -> list[pathlib.Path]:
+        """Mark a run as running; returns the damaged files it found and removed (they get rewritten)."""
         d = self.run_dir(run_id)
         try:
             d.mkdir(parents=True, exist_ok=True)
-            write_json(d / "config.json", {"config": config, "meta": meta})
-            status = read_json(d / "status.json", {}) or {}
-            write_json(d / "status.json", {**status, "state": RUNNING, "host": socket.gethostname(),
-                                           "pid": os.getpid(), "started": time.time(),
-                                           "attempts": status.get("attempts", 0) + 1})
+            for tmp in d.glob(".*.tmp"):  # left by a process killed mid-write; never read
+                tmp.unlink(missing_ok=True)
         except OSError as e:
             raise StoreError(f"cannot write run folder {d}: {e.strerror or e}") from None
+        damaged = []
+        for name in RUN_FILES:
+            try:
+                read_json(d / name, kind=list if name == "history.json" else dict)
+            except StoreError:
+                damaged.append(d / name)
+                (d / name).unlink(missing_ok=True)
+        status = read_json(d / "status.json", {}, kind=dict)
+        write_json(d / "config.json", {"config": config, "meta": meta})
+        write_json(d / "status.json", {"state": RUNNING, "host": socket.gethostname(), "pid": os.getpid(),
+                                       "started": time.time(), "attempts": status.get("attempts", 0) + 1})
+        return damaged
 
     def log(self, run_id: str, row: dict) -> None:
         path = self.run_dir(run_id) / "history.json"
-        history = read_json(path, [])
+        history = read_json(path, [], kind=list)
         write_json(path, [r for r in history if r["step"] != row["step"]] + [row])
 
     def truncate(self, run_id: str, step: int) -> None:
         """Forget history after `step` (a run resumed from its checkpoint at that step)."""
         path = self.run_dir(run_id) / "history.json"
-        write_json(path, [r for r in read_json(path, []) if r["step"] <= step])
+        write_json(path, [r for r in read_json(path, [], kind=list) if r["step"] <= step])
 
     def finish(self, run_id: str, summary: dict) -> None:
         d = self.run_dir(run_id)
@@ -89,55 +152,97 @@ class RunStore:
 
     def _set_status(self, run_id: str, state: str, **extra) -> None:
         path = self.run_dir(run_id) / "status.json"
-        write_json(path, {**(read_json(path, {}) or {}), "state": state, **extra})
+        try:
+            old = read_json(path, {}, kind=dict)
+        except StoreError:
+            old = {}
+        write_json(path, {**old, "state": state, **extra})
 
     # -- claiming
     def claim(self, run_id: str) -> bool:
-        """Take the lock of a cell; False when a live process holds it. Stale locks are broken."""
-        lock = self.run_dir(run_id) / "lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._stale(lock):
-                    return False
-                lock.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid()}, f)
-            return True
-        return False
+        """Take the lock of a cell; False when a live process holds it. Stale locks are broken.
+
+        The lock is written to a temporary file and linked into place, so it
+        exists only with its owner in it: a process killed at any moment leaves
+        either no lock or one naming a dead process.
+        """
+        d = self.run_dir(run_id)
+        lock = d / "lock"
+        tmp = d / f".lock.{os.getpid()}.tmp"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                       "start": _proc_start(os.getpid())}))
+        except OSError as e:
+            raise StoreError(f"cannot write run folder {d}: {e.strerror or e}") from None
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, lock)
+                    return True
+                except FileExistsError:
+                    if not self._stale(lock):
+                        return False
+                    lock.unlink(missing_ok=True)
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def release(self, run_id: str) -> None:
-        (self.run_dir(run_id) / "lock").unlink(missing_ok=True)
+        """Drop the lock if this process holds it."""
+        lock = self.run_dir(run_id) / "lock"
+        try:
+            owner = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            return
+        if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            lock.unlink(missing_ok=True)
 
     @staticmethod
     def _stale(lock: pathlib.Path) -> bool:
         try:
             owner = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            return time.time() - lock.stat().st_mtime > 60 if lock.exists() else True
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):  # not written by claim(): break it once it is a minute old
+            with contextlib.suppress(OSError):
+                return time.time() - lock.stat().st_mtime > 60
+            return True
         if owner.get("host") != socket.gethostname():
             return False
+        pid = owner.get("pid")
         try:
-            os.kill(owner["pid"], 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        except PermissionError:
+        except (PermissionError, TypeError):
             return False
-        return False
+        start = owner.get("start")
+        return start is not None and _proc_start(pid) not in (None, start)  # the pid now names another process
 
     # -- reading
     def status(self, run_id: str) -> dict | None:
-        return read_json(self.run_dir(run_id) / "status.json")
+        return read_json(self.run_dir(run_id) / "status.json", kind=dict)
+
+    def state(self, run_id: str) -> str | None:
+        """done, running, failed, damaged (a file cannot be read), or None (never started)."""
+        try:
+            s = self.status(run_id)
+        except StoreError:
+            return DAMAGED
+        return None if s is None else s.get("state")
 
     def is_done(self, run_id: str) -> bool:
-        s = self.status(run_id)
-        return bool(s) and s.get("state") == DONE and (self.run_dir(run_id) / "summary.json").exists()
+        """Finished, with a readable summary; a damaged run is not done (running it again rewrites it)."""
+        d = self.run_dir(run_id)
+        try:
+            s = self.status(run_id)
+            return bool(s) and s.get("state") == DONE and read_json(d / "summary.json", kind=dict) is not None
+        except StoreError:
+            return False
 
     def history(self, run_id: str) -> list[dict]:
-        return read_json(self.run_dir(run_id) / "history.json", [])
+        return read_json(self.run_dir(run_id) / "history.json", [], kind=list)
 
     def run_ids(self) -> list[str]:
         if not self.root.exists():
@@ -145,23 +250,40 @@ class RunStore:
         return sorted(p.name for p in self.root.iterdir() if (p / "config.json").exists())
 
     def record(self, run_id: str) -> dict:
-        """One run as a flat dict: config fields, meta (study, axes), status and summary."""
+        """One run as a flat dict: config fields, meta (study, axes), status and summary.
+
+        A run whose files cannot be read comes back as status "damaged", with the
+        path and the problem as its reason.
+        """
         d = self.run_dir(run_id)
-        cfg = read_json(d / "config.json", {})
-        status = read_json(d / "status.json", {}) or {}
-        row = {"run_id": run_id, **cfg.get("config", {}),
-               **{f"meta/{k}": v for k, v in cfg.get("meta", {}).items() if not isinstance(v, (dict, list))},
+        try:
+            cfg = read_json(d / "config.json", {}, kind=dict)
+            status = read_json(d / "status.json", {}, kind=dict)
+            summary = read_json(d / "summary.json", {}, kind=dict)
+            read_json(d / "history.json", [], kind=list)
+            config, meta = cfg.get("config", {}), cfg.get("meta", {})
+            if not isinstance(config, dict) or not isinstance(meta, dict):
+                raise StoreError(f"{d / 'config.json'} is damaged (no config/meta dicts)")
+        except StoreError as e:
+            return {"run_id": run_id, "status": DAMAGED, "reason": str(e), "failed_step": None}
+        row = {"run_id": run_id, **config,
+               **{f"meta/{k}": v for k, v in meta.items() if not isinstance(v, (dict, list))},
                "status": status.get("state", "unknown"), "reason": status.get("reason"),
                "failed_step": status.get("failed_step")}
-        row.update(read_json(d / "summary.json", {}) or {})
+        row.update(summary)
         return row
 
     def frame(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
-        """All (or the given) runs as a DataFrame, one row per run."""
+        """All (or the given) runs as a DataFrame, one row per run; damaged runs have status "damaged"."""
         ids = self.run_ids() if run_ids is None else [r for r in run_ids if (self.run_dir(r) / "config.json").exists()]
         return pd.DataFrame([self.record(r) for r in ids])
 
     def history_frame(self, run_ids: Iterable[str]) -> pd.DataFrame:
-        """Metric histories of the given runs, long format with a run_id column."""
-        rows = [{"run_id": r, **h} for r in run_ids for h in self.history(r)]
+        """Metric histories of the given runs, long format with a run_id column (damaged histories left out)."""
+        rows = []
+        for r in run_ids:
+            try:
+                rows += [{"run_id": r, **h} for h in self.history(r) if isinstance(h, dict)]
+            except StoreError:
+                continue
         return pd.DataFrame(rows)

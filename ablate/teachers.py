@@ -16,7 +16,7 @@ from ablate.config import RunConfig, content_hash
 from ablate.data import DatasetSplits, load_dataset
 from ablate.models import build_model
 from ablate.registry import Registry, UnknownNameError
-from ablate.train import Frozen, load_params, predict, save_params, student_source, train
+from ablate.train import Frozen, load_params, predict, save_params, stack_images, student_source, train
 
 NPZ_PREFIX = "npz:"
 NPZ_FORMAT = "npz:MODEL:DATASET:RESOLUTION:PATH"
@@ -263,9 +263,8 @@ def ensemble_logits(teacher: Teacher, source, k: int, min_area: float, seed: int
     """log of the teacher's mean softmax over k inception crops per example (fix/ic_ens)."""
     fn = _ens_fn(teacher.model, teacher.resolution, min_area)
     out = []
-    images = source.images if hasattr(source, "images") else np.stack([source[i]["image"] for i in range(len(source))])
-    for start in range(0, len(images), 500):
-        chunk = images[start:start + 500]
+    for start in range(0, len(source), 500):
+        chunk = stack_images(source, start, min(start + 500, len(source)))
         probs = 0.0
         for j in range(k):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), start), j)

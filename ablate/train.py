@@ -160,7 +160,7 @@ def predict(model: nn.Module, params, source, view: str, resolution: int) -> np.
     fn = _predict_fn(model, view, resolution)
     out = []
     for start in range(0, len(source), EVAL_CHUNK):
-        images = _stack_images(source, start, min(start + EVAL_CHUNK, len(source)))
+        images = stack_images(source, start, min(start + EVAL_CHUNK, len(source)))
         out.append(np.asarray(fn(params, images)))
     return np.concatenate(out)
 
@@ -182,7 +182,8 @@ def _predict_fn(model, view, resolution):
     return _PREDICT_CACHE[key]
 
 
-def _stack_images(source, start, stop) -> np.ndarray:
+def stack_images(source, start, stop) -> np.ndarray:
+    """Images of records [start, stop) of a source as one uint8 array (a slice for in-memory sources)."""
     if isinstance(source, ArraySource):
         return source.images[start:stop]
     return np.stack([source[i]["image"] for i in range(start, stop)])
@@ -229,10 +230,9 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
     s_res = cfg.resolution or data.default_resolution
     t_res = teacher.resolution if teacher is not None else s_res
     student = build_model(cfg.model, data.num_classes)
-    h, w, c = data.image_shape
     params = init_params
     if params is None:
-        params = student.init(jax.random.key(cfg.seed), jnp.zeros((1, s_res, s_res, c)))["params"]
+        params = student.init(jax.random.key(cfg.seed), jnp.zeros((1, s_res, s_res, data.image_shape[2])))["params"]
     optimizer = optim.paper_optimizer(cfg.lr, cfg.wd, total, round(cfg.warmup_frac * total), cfg.clip,
                                       name=cfg.optimizer)
     dp = parallel.DataParallel()

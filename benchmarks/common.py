@@ -1,0 +1,264 @@
+"""Shared helpers: alternating side-by-side timing, ratio statistics, machine facts, the JAX step set-up, results.
+
+The machine these run on is shared and noisy, so absolute times mean little:
+every comparison runs its contenders in one process (or at the same time),
+alternating them block by block over several repetitions, and reports the
+median of the per-repetition ratios with its spread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import time
+from typing import Callable
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------- timing
+
+def calibrate(run: Callable[[int], None], target_s: float, max_n: int = 10_000) -> int:
+    """How many steps make one timed block of about `target_s` seconds (after one warm-up call)."""
+    run(1)
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        run(n)
+        dt = time.perf_counter() - t0
+        if dt >= target_s / 2 or n >= max_n:
+            return max(1, min(max_n, round(n * target_s / max(dt, 1e-9))))
+        n *= 4
+
+
+def alternate(contenders: dict[str, Callable[[int], None]], reps: int = 5, block_s: float = 1.0,
+              log: Callable[[str], None] = print) -> dict[str, list[float]]:
+    """Seconds per step of each contender, `reps` blocks each, interleaved.
+
+    `run(n)` must perform n steps and return once they are finished (blocking
+    on the result). The order is reversed on every other repetition (A B, B A,
+    ...) so slow drifts of the machine's load hit every contender alike.
+    """
+    names = list(contenders)
+    sizes = {k: calibrate(contenders[k], block_s) for k in names}
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(reps):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            n = sizes[k]
+            t0 = time.perf_counter()
+            contenders[k](n)
+            times[k].append((time.perf_counter() - t0) / n)
+        log(f"  rep {r + 1}/{reps}: " + ", ".join(f"{k} {1e3 * times[k][-1]:.1f} ms" for k in names))
+    return times
+
+
+def spread(values: list[float]) -> dict:
+    """Median, quartiles and range of a list of numbers."""
+    v = sorted(values)
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+    return {"median": statistics.median(v), "q1": q[0], "q3": q[2], "min": v[0], "max": v[-1], "n": len(v)}
+
+
+def ratio(num: list[float], den: list[float]) -> dict:
+    """Statistics of per-repetition ratios num[i] / den[i] (the two were timed side by side)."""
+    return spread([a / b for a, b in zip(num, den)])
+
+
+def fmt(s: dict, unit: str = "x", digits: int = 2) -> str:
+    return (f"{s['median']:.{digits}f}{unit} (IQR {s['q1']:.{digits}f}-{s['q3']:.{digits}f}, "
+            f"range {s['min']:.{digits}f}-{s['max']:.{digits}f}, n={s['n']})")
+
+
+# ----------------------------------------------------------------------------- machine and results
+
+def machine() -> dict:
+    """What the figures were measured on, and how busy the machine was."""
+    model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
+    with contextlib.suppress(OSError):
+        info["loadavg"] = list(os.getloadavg())
+    import jax
+
+    info["jax"] = jax.__version__
+    from importlib import metadata
+
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        info["torch"] = metadata.version("torch")  # without importing it
+    return info
+
+
+def save(name: str, payload: dict) -> pathlib.Path:
+    """Write results/NAME-YYYY-MM-DD.json (a rerun on the same day replaces it)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{datetime.date.today().isoformat()}.json"
+    payload = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+               "machine": machine(), **payload}
+    path.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_jsonable) + "\n")
+    print(f"wrote {path.relative_to(RESULTS.parent.parent)}")
+    return path
+
+
+def _jsonable(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return str(x)
+
+
+# ----------------------------------------------------------------------------- the JAX step
+
+@contextlib.contextmanager
+def conv_impl(impl: str):
+    """Build ablate's ResNets with StdConv(impl=...) ("matmul" or "xla") while tracing inside this block.
+
+    The package has no switch for it on the model presets, so this swaps the
+    StdConv class that `ablate.models.resnet` looks up by name for a subclass
+    with another default; parameter names and shapes are unchanged.
+    """
+    from ablate.models import resnet
+
+    original = resnet.StdConv
+    if impl == original.impl:
+        yield
+        return
+    wanted = impl
+
+    class StdConv(original):
+        impl: str = wanted
+
+    resnet.StdConv = StdConv
+    try:
+        yield
+    finally:
+        resnet.StdConv = original
+
+
+@dataclasses.dataclass
+class JaxStep:
+    """ablate's jitted training step with its inputs, ready to run n steps."""
+
+    step: Callable
+    state: object
+    teacher_params: object
+    targets: object
+    batches: list
+    base_key: object
+    cfg: object
+    i: int = 0
+
+    def run(self, n: int) -> None:
+        import jax
+
+        loss = None
+        for _ in range(n):
+            self.state, loss = self.step(self.state, self.teacher_params, self.targets,
+                                         self.batches[self.i % len(self.batches)],
+                                         jax.random.fold_in(self.base_key, self.i))
+            self.i += 1
+        jax.block_until_ready((self.state, loss))
+
+    def args(self):
+        import jax
+
+        return (self.state, self.teacher_params, self.targets, self.batches[0], jax.random.fold_in(self.base_key, 0))
+
+
+def fashion_mnist_batches(batch_size: int, count: int, seed: int = 0):
+    """`count` real Fashion-MNIST training batches (uint8 images, labels, indices) as numpy dicts."""
+    import numpy as np
+
+    from ablate.data import load_dataset
+
+    data = load_dataset("fashion_mnist")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        idx = rng.choice(500, batch_size, replace=batch_size > 500)  # indices into a 500-example subset
+        out.append({"image": data.train.images[idx], "label": data.train.labels[idx].astype(np.int32),
+                    "index": idx.astype(np.int32)})
+    return out
+
+
+def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "matmul",
+                  student: str = "resnet_s", teacher: str = "resnet_t", num_batches: int = 4,
+                  total_steps: int = 10_000, seed: int = 0) -> JaxStep:
+    """ablate's own step (`ablate.train.make_train_step` + `optim.paper_optimizer`), jitted with donation as in
+    `ablate.train.train`, on real Fashion-MNIST batches already on the device. The teacher has random weights
+    (its head too, so its logits are not all zero): throughput does not depend on what it learnt."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ablate import optim
+    from ablate.config import RunConfig
+    from ablate.models import build_model
+    from ablate.policies import POLICIES
+    from ablate.train import TrainState, make_train_step
+
+    cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
+    pol = POLICIES.get(policy)
+    x = jnp.zeros((1, 28, 28, 1))
+    with conv_impl(impl):
+        s_model, t_model = build_model(student, 10), build_model(teacher, 10)
+        params = s_model.init(jax.random.key(seed), x)["params"]
+        t_params = None
+        if pol.runs_teacher:
+            t_params = t_model.init(jax.random.key(seed + 1), x)["params"]
+            t_params = randomise_head(t_params, seed + 2)
+        opt = optim.paper_optimizer(cfg.lr, cfg.wd, total_steps, round(cfg.warmup_frac * total_steps), cfg.clip)
+        fn = make_train_step(cfg, s_model, t_model if pol.runs_teacher else None, opt, 10, 28, 28)
+        # conv_impl only matters while tracing: trace now, inside the block
+        step = jax.jit(_traced_under(fn, impl), donate_argnums=(0,))
+    state = TrainState(params, opt.init(params), jnp.int32(0))
+    targets = None
+    if pol.fixed_view is not None:
+        targets = jnp.asarray(np.random.default_rng(seed).normal(size=(500, 10)).astype(np.float32))
+    batches = [jax.device_put(b) for b in fashion_mnist_batches(batch_size, num_batches, seed)]
+    return JaxStep(step, state, t_params, targets, batches, jax.random.key(seed), cfg)
+
+
+def _traced_under(fn, impl):
+    """`fn` that re-enters conv_impl(impl) whenever jax traces it (tracing happens at the first call)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*a, **k):
+        with conv_impl(impl):
+            return fn(*a, **k)
+
+    return wrapped
+
+
+def randomise_head(params, seed: int, scale: float = 0.05):
+    """A copy of a parameter tree whose zero-initialised head kernel is small random numbers."""
+    import jax
+
+    p = jax.tree.map(lambda a: a, dict(params))  # a fresh tree of the same leaves
+    p["head"] = dict(p["head"])
+    k = p["head"]["kernel"]
+    p["head"]["kernel"] = scale * jax.random.normal(jax.random.key(seed), k.shape, k.dtype)
+    return p
+
+
+def cost_flops(jitted, *args) -> dict:
+    """FLOPs of one call from XLA's cost analysis: of the compiled program (what runs) and of the lowered
+    (pre-optimisation) HLO."""
+    lowered = jitted.lower(*args)
+    pre = lowered.cost_analysis()
+    post = lowered.compile().cost_analysis()
+    pre = pre[0] if isinstance(pre, (list, tuple)) else pre
+    post = post[0] if isinstance(post, (list, tuple)) else post
+    return {"compiled_flops": float(post.get("flops", 0.0)), "lowered_flops": float(pre.get("flops", 0.0)),
+            "compiled_bytes_accessed": float(post.get("bytes accessed", 0.0))}
