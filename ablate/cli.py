@@ -92,14 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     from ablate.registry import UnknownNameError
     from ablate.store import StoreError
     from ablate.study import StudyError
+    from ablate.tracking import scrub  # error messages never show W&B credentials
 
     try:
         return COMMANDS[args.command](args) or 0
     except (ConfigError, StudyError, UnknownNameError, DataError) as e:
-        print(f"ablate: error: {e}", file=sys.stderr)
+        print(f"ablate: error: {scrub(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as e:
-        print(f"ablate: error: {e}", file=sys.stderr)
+        print(f"ablate: error: {scrub(str(e))}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an unwritable or full output folder outside the store (e.g. report --out)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ablate: error: cannot write output ({scrub(e.strerror or str(e))}){where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("ablate: interrupted; rerun the same command to resume", file=sys.stderr)
@@ -162,7 +167,10 @@ def cmd_distill(args) -> None:
     validate(cfg)
     runner = _runner(args)
     cell = Cell(cfg, {"policy": cfg.policy})
-    if runner.store.is_done(cell.run_id):
+    done = runner.store.is_done(cell.run_id)
+    if not done:
+        runner.preflight([cell])  # bad input fails before any work
+    if done:
         print(f"run {cell.run_id} is already done; results in {runner.store.run_dir(cell.run_id)}")
     else:
         outcome = runner.run(cell, group="distill")
@@ -197,6 +205,7 @@ def cmd_run(args) -> int:
         print(estimate.describe_grid(study, grid, args.preset))
         return 0
     runner = _runner(args)
+    runner.preflight([c for c in grid if not runner.store.is_done(c.run_id)])  # bad input fails before any run
     group = study.name
     outcome = run_cells(grid, lambda c: runner.run(c, group=group), runner.store.is_done,
                         progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})")
@@ -234,12 +243,14 @@ def cmd_compare(args) -> None:
     from ablate import paths, report
     from ablate.store import RunStore
 
-    table = report.compare(report.load_runs(args.source, RunStore(args.store or paths.store_dir())),
-                           args.filters, metric=args.metric, by=args.by, baseline=args.baseline)
+    runs = report.load_runs(args.source, RunStore(args.store or paths.store_dir()))
+    table = report.compare(runs, args.filters, metric=args.metric, by=args.by, baseline=args.baseline)
     import pandas as pd
 
     with pd.option_context("display.max_rows", 500, "display.width", 200, "display.max_columns", 30):
         print(table.to_string(index=False))
+    for line in report.damaged_lines(runs):
+        print(line)
     if args.csv:
         table.to_csv(args.csv, index=False)
         print(f"written {args.csv}")

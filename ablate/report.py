@@ -106,13 +106,22 @@ def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc
     if df.empty:
         raise ValueError("no runs match the filters")
     if metric not in df:
-        raise ValueError(f"unknown metric {metric!r}; metrics: "
-                         f"{', '.join(c for c in df.columns if c.startswith(('best/', 'last/')))}")
-    keys = by.split(",") if by else _varying(df)
-    failed = df[df.status != "done"].groupby(keys, dropna=False).size().rename("failed") if keys else None
+        if "status" in df and (df.status == "done").any():
+            raise ValueError(f"unknown metric {metric!r}; metrics: "
+                             f"{', '.join(c for c in df.columns if c.startswith(('best/', 'last/')))}")
+        df[metric] = np.nan  # no run has finished yet: the table still lists the failed ones
+    keys = by.split(",") if by else (_varying(df) or ["policy" if "policy" in df else "run_id"])
+    failed = df[df.status != "done"].groupby(keys, dropna=False).size().rename("failed")
     table = summarize(df, keys, metrics=(metric,))
-    if failed is not None and len(failed):
-        table = table.merge(failed.reset_index(), on=keys, how="outer").fillna({"failed": 0, "n": 0})
+    if len(failed):
+        failed = failed.reset_index()
+        table = failed if table.empty else table.merge(failed, on=keys, how="outer")
+        table = table.fillna({"failed": 0, "n": 0})
+    for col, fill in ((metric, np.nan), ("failed", 0), ("n", 0)):  # `failed` always shown: failed, interrupted, damaged
+        if col not in table:
+            table[col] = fill
+    table["failed"] = table["failed"].astype(int)
+    table["n"] = table["n"].astype(int)
     table = table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     if baseline:
@@ -166,18 +175,46 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
             path = FIGURE_FNS[fig](runs, hist, x, hue, out)
             if path is not None:
                 lines += [f"![{fig}]({path.name})", ""]
-    bad = runs[runs.status != "done"] if len(runs) else runs
-    if len(bad):
-        lines += ["## Runs that did not finish", "", "| run | status | step | reason |", "|---|---|---|---|"]
-        for _, r in bad.iterrows():
-            lines.append(f"| {r.run_id} | {r.status} | {r.get('failed_step')} | {r.get('reason') or ''} |")
-        lines.append("")
+    lines += did_not_finish(runs)
     missing = len(grid) - len(runs)
     if missing:
         lines += [f"{missing} cells have not started; run `ablate run {study.name}"
                   + (f" --preset {preset}" if preset else "") + "`.", ""]
+    if len(runs):
+        keep = ["run_id", *[c for c in axes if c in runs], "seed", "status",
+                *[c for c in runs.columns if c.startswith(("best/", "last/", "teacher/")) or c == "wall_s"]]
+        runs[list(dict.fromkeys(keep))].to_csv(out / "runs.csv", index=False)
+        lines += ["Every number above comes from the runs listed in `runs.csv` (run id = config hash; "
+                  "the run folders hold configs and metric histories).", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out
+
+
+def did_not_finish(runs: pd.DataFrame) -> list[str]:
+    """report.md lines for runs that failed (non-finite loss, an error), were interrupted or are damaged."""
+    bad = runs[runs.status != "done"] if len(runs) else runs
+    if not len(bad):
+        return []
+    lines = ["## Runs that did not finish", "",
+             f"{len(bad)} run(s): failed runs give the step and the reason; `running` means interrupted (or still "
+             "going): `ablate run` resumes it; `damaged` names the file that cannot be read: `ablate run` "
+             "rewrites it.", "", "| run | status | step | reason |", "|---|---|---|---|"]
+    for _, r in bad.iterrows():
+        step = r.get("failed_step")
+        step = "-" if step is None or pd.isna(step) else str(int(step))
+        reason = r.get("reason")
+        reason = "" if reason is None or (isinstance(reason, float) and pd.isna(reason)) else str(reason)
+        reason = " ".join(reason.split()).replace("|", "\\|")
+        lines.append(f"| {r.run_id} | {r.status} | {step} | {reason} |")
+    return lines + [""]
+
+
+def damaged_lines(runs: pd.DataFrame) -> list[str]:
+    """One warning per damaged run folder, naming the file (for `ablate compare`)."""
+    if not len(runs) or "status" not in runs:
+        return []
+    return [f"warning: run {r.run_id} is damaged: {r.reason}; `ablate run` on its study rewrites it"
+            for _, r in runs[runs.status == "damaged"].iterrows()]
 
 
 def _teacher_line(ax, runs):

@@ -178,7 +178,14 @@ class RunStore:
         try:
             for _ in range(2):
                 try:
-                    os.link(tmp, lock)
+                    try:
+                        os.link(tmp, lock)
+                    except FileExistsError:
+                        raise
+                    except OSError:  # no hard links here: exclusive create, then fill in
+                        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                        with os.fdopen(fd, "w") as f:
+                            f.write(tmp.read_text())
                     return True
                 except FileExistsError:
                     if not self._stale(lock):
@@ -233,11 +240,15 @@ class RunStore:
         return None if s is None else s.get("state")
 
     def is_done(self, run_id: str) -> bool:
-        """Finished, with a readable summary; a damaged run is not done (running it again rewrites it)."""
+        """Finished, with every file readable; a damaged run is not done (running it again rewrites it)."""
         d = self.run_dir(run_id)
         try:
             s = self.status(run_id)
-            return bool(s) and s.get("state") == DONE and read_json(d / "summary.json", kind=dict) is not None
+            if not s or s.get("state") != DONE or read_json(d / "summary.json", kind=dict) is None:
+                return False
+            read_json(d / "config.json", kind=dict)
+            read_json(d / "history.json", kind=list)
+            return True
         except StoreError:
             return False
 

@@ -208,7 +208,12 @@ class Outcome:
 
 def run_cells(cells_: list[Cell], run_one: Callable[[Cell], str], is_done: Callable[[str], bool],
               progress: bool = True, desc: str = "grid") -> Outcome:
-    """Run every cell that is not done, one bar over the grid; `run_one` returns "done", "failed" or "busy"."""
+    """Run every cell that is not done, one bar over the grid.
+
+    `run_one` returns "done", "failed", "busy" (another process holds the
+    cell) or "skipped" (another process finished it first). A damaged run
+    folder is not done: its cell runs again and its files are rewritten.
+    """
     outcome = Outcome()
     bar = tqdm(total=len(cells_), desc=desc, unit="run", disable=not progress, dynamic_ncols=True, position=0)
     try:
@@ -216,7 +221,7 @@ def run_cells(cells_: list[Cell], run_one: Callable[[Cell], str], is_done: Calla
             if is_done(cell.run_id):
                 outcome.skipped += 1
             else:
-                field = {"done": "ran", "failed": "failed", "busy": "busy"}[run_one(cell)]
+                field = {"done": "ran", "failed": "failed", "busy": "busy", "skipped": "skipped"}[run_one(cell)]
                 setattr(outcome, field, getattr(outcome, field) + 1)
             bar.update(1)
             bar.set_postfix(ran=outcome.ran, skipped=outcome.skipped, failed=outcome.failed)

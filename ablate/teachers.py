@@ -313,22 +313,63 @@ def teacher_logits(teacher: Teacher, source, view: str, *, ens_crops: int = 16, 
     key = targets_key(teacher, source_id(source), view, **extra)
     path = paths.targets_dir() / f"{key}.npy"
     if path.exists():
-        try:
-            cached = np.load(path)
-            if cached.shape[0] == len(source):
-                return cached
-        except (OSError, ValueError):
-            pass
-        log(f"teacher-target cache {path} is damaged; recomputing it")
+        cached, problem = load_targets(path)
+        if cached is not None and (cached.ndim != 2 or cached.shape[0] != len(source)):
+            cached, problem = None, f"shape {cached.shape}, expected ({len(source)}, classes)"
+        if cached is not None:
+            return cached
+        log(f"teacher-target cache {path} is damaged ({problem}); recomputing it")
     if view == "ic_ens":
         logits = ensemble_logits(teacher, source, ens_crops, min_area)
     else:
         logits = predict(teacher.model, teacher.params, source, view, teacher.resolution)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{np.random.randint(1 << 30)}.tmp.npy")
-    np.save(tmp, logits)
-    tmp.replace(path)
+    save_targets(path, logits)
     return logits
+
+
+def _checksum_file(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_targets(path: pathlib.Path, logits: np.ndarray) -> None:
+    """Write a target cache file and its SHA-256 sidecar, each atomically (array first: a crash between the
+    two renames leaves a mismatch, which reads as damaged and recomputes, never as valid)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(logits), allow_pickle=False)
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}.{os.urandom(4).hex()}"
+    tmp, tmp_sum = path.with_name(f".{path.name}.{tag}.tmp"), path.with_name(f".{path.name}.sha256.{tag}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp_sum.write_text(hashlib.sha256(data).hexdigest() + "\n")
+        tmp.replace(path)
+        tmp_sum.replace(_checksum_file(path))
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
+
+
+def load_targets(path: pathlib.Path) -> tuple[np.ndarray | None, str | None]:
+    """(array, None) when `path` matches its SHA-256 sidecar and parses; (None, what is wrong) otherwise."""
+    import io
+
+    try:
+        data = path.read_bytes()
+        expected = _checksum_file(path).read_text().strip()
+    except FileNotFoundError as e:
+        return None, f"{e.filename} is missing"
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"unreadable: {e}"
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected:
+        return None, f"SHA-256 {digest[:16]}... does not match the recorded {expected[:16]}..."
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False), None
+    except (OSError, ValueError, EOFError) as e:
+        return None, f"unreadable: {e}"
 
 
 def run_inputs(cfg: RunConfig, data: DatasetSplits, teacher: Teacher | None, log=print):

@@ -255,10 +255,15 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
     manager = _checkpoint_manager(ckpt_dir) if ckpt_dir is not None else None
     start = 0
     if manager is not None and manager.latest_step() is not None:
-        state, tracker = _restore(manager, state, tracker)
-        start = int(state.step)
-        if on_resume:
-            on_resume(start)
+        try:
+            state, tracker = _restore(manager, state, tracker)
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupted checkpoint: report, discard, start afresh
+            manager = _discard_checkpoint(manager, ckpt_dir, e)
+            on_resume and on_resume(0)
+        else:
+            start = int(state.step)
+            if on_resume:
+                on_resume(start)
 
     def evaluate(step: int, params) -> dict:
         now = time.perf_counter()
@@ -343,6 +348,23 @@ def _restore(manager, state, tracker):
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(state), tracker=ocp.args.JsonRestore()))
     return restored["state"], restored["tracker"]
+
+
+def _discard_checkpoint(manager, ckpt_dir, error):
+    """Report a checkpoint that cannot be restored (with its path), delete it, and return a fresh manager."""
+    import shutil
+    import sys
+
+    step = manager.latest_step()
+    reason = " ".join(str(error).split())[:300]
+    print(f"warning: checkpoint {pathlib.Path(ckpt_dir) / str(step)} is damaged ({type(error).__name__}: {reason}); "
+          "discarding it and restarting the run from scratch", file=sys.stderr)
+    try:
+        manager.close()
+    except Exception:  # noqa: BLE001
+        pass
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return _checkpoint_manager(ckpt_dir)
 
 
 def save_params(path: pathlib.Path, params) -> None:

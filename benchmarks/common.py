@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import pathlib
@@ -156,6 +157,7 @@ class JaxStep:
     batches: list
     base_key: object
     cfg: object
+    fn: Callable = None  # the step before jax.jit (traces under the chosen StdConv impl)
     i: int = 0
 
     def run(self, n: int) -> None:
@@ -179,9 +181,7 @@ def fashion_mnist_batches(batch_size: int, count: int, seed: int = 0):
     """`count` real Fashion-MNIST training batches (uint8 images, labels, indices) as numpy dicts."""
     import numpy as np
 
-    from ablate.data import load_dataset
-
-    data = load_dataset("fashion_mnist")
+    data = _fashion_mnist()
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -189,6 +189,13 @@ def fashion_mnist_batches(batch_size: int, count: int, seed: int = 0):
         out.append({"image": data.train.images[idx], "label": data.train.labels[idx].astype(np.int32),
                     "index": idx.astype(np.int32)})
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _fashion_mnist():
+    from ablate.data import load_dataset
+
+    return load_dataset("fashion_mnist")
 
 
 def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "matmul",
@@ -218,21 +225,19 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
             t_params = t_model.init(jax.random.key(seed + 1), x)["params"]
             t_params = randomise_head(t_params, seed + 2)
         opt = optim.paper_optimizer(cfg.lr, cfg.wd, total_steps, round(cfg.warmup_frac * total_steps), cfg.clip)
-        fn = make_train_step(cfg, s_model, t_model if pol.runs_teacher else None, opt, 10, 28, 28)
-        # conv_impl only matters while tracing: trace now, inside the block
-        step = jax.jit(_traced_under(fn, impl), donate_argnums=(0,))
+        fn = _traced_under(make_train_step(cfg, s_model, t_model if pol.runs_teacher else None, opt, 10, 28, 28),
+                           impl)  # conv_impl only matters while jax traces the step
+        step = jax.jit(fn, donate_argnums=(0,))
     state = TrainState(params, opt.init(params), jnp.int32(0))
     targets = None
     if pol.fixed_view is not None:
         targets = jnp.asarray(np.random.default_rng(seed).normal(size=(500, 10)).astype(np.float32))
     batches = [jax.device_put(b) for b in fashion_mnist_batches(batch_size, num_batches, seed)]
-    return JaxStep(step, state, t_params, targets, batches, jax.random.key(seed), cfg)
+    return JaxStep(step, state, t_params, targets, batches, jax.random.key(seed), cfg, fn)
 
 
 def _traced_under(fn, impl):
     """`fn` that re-enters conv_impl(impl) whenever jax traces it (tracing happens at the first call)."""
-    import functools
-
     @functools.wraps(fn)
     def wrapped(*a, **k):
         with conv_impl(impl):
@@ -262,3 +267,83 @@ def cost_flops(jitted, *args) -> dict:
     post = post[0] if isinstance(post, (list, tuple)) else post
     return {"compiled_flops": float(post.get("flops", 0.0)), "lowered_flops": float(pre.get("flops", 0.0)),
             "compiled_bytes_accessed": float(post.get("bytes accessed", 0.0))}
+
+
+# ----------------------------------------------------------------------------- contenders in their own processes
+
+class ProcessContenders:
+    """Contenders that live in a separate Python process (spawned, so nothing is shared with this one).
+
+    `factory` is "module:function"; in the child, `function(**kwargs)` returns
+    `(contenders, info)`: a dict name -> run(n) and a dict of facts to report.
+    `env` is set in the child before the factory is imported (e.g. XLA_FLAGS).
+    The child sits blocked on a pipe between commands, so it uses no CPU while
+    another contender is being timed. Use `.runners()` with `alternate`.
+    """
+
+    def __init__(self, factory: str, env: dict | None = None, **kwargs):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, factory, kwargs, env or {}), daemon=True)
+        self.proc.start()
+        child.close()  # so that a dead child shows as EOFError here instead of a wait for ever
+        status, payload = self._recv()
+        if status != "ready":
+            self.proc.join(5)
+            raise RuntimeError(f"{factory} failed in its process:\n{payload}")
+        self.names, self.info = payload
+
+    def _recv(self):
+        try:
+            return self.conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            return "error", f"the process died (exit code {self.proc.exitcode})"
+
+    def runners(self, prefix: str = "") -> dict:
+        return {prefix + name: (lambda n, name=name: self.call(name, n)) for name in self.names}
+
+    def call(self, name: str, n: int) -> None:
+        self.start(name, n)
+        self.wait(name)
+
+    def start(self, name: str, n: int) -> None:
+        """Start n steps of `name` without waiting (see `wait`): for running several processes at once."""
+        self.conn.send(("run", name, n))
+
+    def wait(self, name: str = "") -> None:
+        status, payload = self._recv()
+        if status != "ok":
+            raise RuntimeError(f"contender {name} failed:\n{payload}")
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop", None, 0))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(30)
+
+
+def _serve(conn, factory: str, kwargs: dict, env: dict) -> None:
+    import importlib
+    import traceback
+
+    os.environ.update(env)
+    try:
+        module, fn = factory.split(":")
+        contenders, info = getattr(importlib.import_module(module), fn)(**kwargs)
+    except BaseException:  # noqa: BLE001  (report any failure to the parent)
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", (list(contenders), info)))
+    while True:
+        cmd, name, n = conn.recv()
+        if cmd == "stop":
+            return
+        try:
+            contenders[name](n)
+            conn.send(("ok", None))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))

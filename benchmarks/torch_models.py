@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -113,32 +114,49 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_flax_params(model: ResNetV2, params) -> None:
-    """Copy a flax parameter tree of the same architecture into `model` (HWIO -> OIHW, (in, out) -> (out, in))."""
-    import numpy as np
+def flax_pairs(model: ResNetV2, tree) -> list[tuple[str, torch.Tensor, object]]:
+    """(name, torch parameter, the matching leaf of a flax-shaped tree in torch layout) for every parameter.
 
-    def conv(module, p):
-        module.weight.data.copy_(torch.from_numpy(np.asarray(p["kernel"]).transpose(3, 2, 0, 1).copy()))
+    `tree` is a flax parameter tree of the same architecture, or any tree of
+    the same structure (gradients, updates); kernels are transposed from HWIO
+    to OIHW and dense (in, out) to (out, in).
+    """
+    out = []
 
-    def gn(module, p):
-        module.weight.data.copy_(torch.from_numpy(np.asarray(p["scale"]).copy()))
-        module.bias.data.copy_(torch.from_numpy(np.asarray(p["bias"]).copy()))
+    def conv(name, module, p):
+        out.append((name + "/kernel", module.weight, np.asarray(p["kernel"]).transpose(3, 2, 0, 1)))
 
-    conv(model.root, params["root_block/conv_root"])
-    units = sorted(k for k in params if k.startswith("block"))
+    def gn(name, module, p):
+        out.append((name + "/scale", module.weight, np.asarray(p["scale"])))
+        out.append((name + "/bias", module.bias, np.asarray(p["bias"])))
+
+    conv("root_block/conv_root", model.root, tree["root_block/conv_root"])
+    units = sorted(k for k in tree if k.startswith("block"))
     if len(units) != len(model.units):
         raise ValueError(f"{len(units)} units in the flax tree, {len(model.units)} in the torch model")
     for name, unit in zip(units, model.units):
-        p = params[name]
-        gn(unit.gn1, p["gn1"])
-        gn(unit.gn2, p["gn2"])
-        conv(unit.conv1, p["conv1"])
-        conv(unit.conv2, p["conv2"])
+        p = tree[name]
+        gn(f"{name}/gn1", unit.gn1, p["gn1"])
+        conv(f"{name}/conv1", unit.conv1, p["conv1"])
+        gn(f"{name}/gn2", unit.gn2, p["gn2"])
+        conv(f"{name}/conv2", unit.conv2, p["conv2"])
         if unit.conv_proj is not None:
-            conv(unit.conv_proj, p["conv_proj"])
-    gn(model.norm_pre_head, params["norm-pre-head"])
-    model.head.weight.data.copy_(torch.from_numpy(np.asarray(params["head"]["kernel"]).T.copy()))
-    model.head.bias.data.copy_(torch.from_numpy(np.asarray(params["head"]["bias"]).copy()))
+            conv(f"{name}/conv_proj", unit.conv_proj, p["conv_proj"])
+    gn("norm-pre-head", model.norm_pre_head, tree["norm-pre-head"])
+    out.append(("head/kernel", model.head.weight, np.asarray(tree["head"]["kernel"]).T))
+    out.append(("head/bias", model.head.bias, np.asarray(tree["head"]["bias"])))
+    if len(out) != len(list(model.parameters())):
+        raise ValueError("the flax tree does not cover every parameter of the torch model")
+    return out
+
+
+def load_flax_params(model: ResNetV2, params) -> None:
+    """Copy a flax parameter tree of the same architecture into `model`."""
+    with torch.no_grad():
+        for _, param, value in flax_pairs(model, params):
+            if tuple(param.shape) != value.shape:
+                raise ValueError(f"shape {value.shape} does not fit {tuple(param.shape)}")
+            param.copy_(torch.from_numpy(value.copy()))
 
 
 # ----------------------------------------------------------------------------- views
@@ -254,7 +272,7 @@ class TorchStep:
         self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self.student = self.student.to(memory_format=torch.channels_last)
         self.opt = PaperOptimizer(self.student, lr, wd, total_steps, round(warmup_frac * total_steps))
-        self.batches = [torch.from_numpy(b["image"]).permute(0, 3, 1, 2).contiguous() for b in batches_u8_nhwc]
+        self.batches = [torch.from_numpy(np.array(b["image"])).permute(0, 3, 1, 2).contiguous() for b in batches_u8_nhwc]
         self.mixup_p, self.min_area, self.resolution = mixup_p, min_area, resolution
         self.loss_fn = torch.compile(self._loss) if compile else self._loss
         self.i = 0
@@ -275,4 +293,4 @@ class TorchStep:
             loss.backward()
             self.opt.step()
             self.i += 1
-        return float(loss)
+        return float(loss.detach())

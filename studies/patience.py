@@ -10,10 +10,10 @@ STUDY = Study(
                 variant("supervised", policy="supervised", loss="label_ce", teacher=None)],
         epochs=[10, 30, 100, 300],
     ),
-    seeds=3,
+    seeds=2,
     presets=dict(
         quick=dict(epochs=[10, 30, 90], seeds=1, num_evals=5),
-        full=dict(epochs=[10, 30, 100, 300], seeds=3),
+        full=dict(epochs=[10, 30, 100, 300], seeds=2),
     ),
     x="epochs",
     hue="policy",

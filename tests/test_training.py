@@ -13,7 +13,7 @@ from ablate.config import RunConfig
 from ablate.losses import kl
 from ablate.models import build_model
 from ablate.policies import POLICIES
-from ablate.teachers import params_fingerprint, run_inputs, source_id, targets_key, teacher_logits
+from ablate.teachers import params_fingerprint, run_inputs, save_targets, source_id, targets_key, teacher_logits
 from ablate.train import (TrainState, batches, make_inputs, make_train_step, num_steps, predict, student_source,
                           train)
 
@@ -82,11 +82,11 @@ def test_fixed_rs_targets_are_the_teacher_on_the_rs_view_and_cached(teacher, fmn
     assert first.shape == (300, 10) and np.isfinite(first).all()
     np.testing.assert_array_equal(teacher_logits(teacher, source, "rs"), first)  # constant across calls
 
-    # the second call reads the file: a planted array of the right shape comes back
+    # the second call reads the file: a planted array of the right shape (with its checksum) comes back
     planted = np.full_like(first, 7.0)
-    np.save(path, planted)
+    save_targets(path, planted)
     np.testing.assert_array_equal(teacher_logits(teacher, source, "rs"), planted)
-    np.save(path, first)
+    save_targets(path, first)
     # other views and other examples get other keys
     assert targets_key(teacher, source_id(source), "cc") != key
     assert targets_key(teacher, source_id(fmnist.train.take(np.arange(1, 301))), "rs") != key

@@ -76,14 +76,16 @@ def _download(folder: pathlib.Path) -> None:
 
 def find_files(download: bool = True) -> pathlib.Path:
     """The first folder, in search order, that holds all four files; downloads as the last resort."""
+    if os.environ.get("ABLATE_DATA_DIR"):  # an explicit folder is used alone: never silently another copy
+        d = pathlib.Path(os.environ["ABLATE_DATA_DIR"])
+        missing = [n for n in FILES if not (d / n).exists()]
+        if missing:
+            raise DataError(f"$ABLATE_DATA_DIR={d} lacks {', '.join(missing)}. {_how_to_get()}")
+        return d
     dirs = _candidate_dirs()
     for d in dirs:
         if all((d / n).exists() for n in FILES):
             return d
-    if os.environ.get("ABLATE_DATA_DIR"):
-        d = pathlib.Path(os.environ["ABLATE_DATA_DIR"])
-        missing = [n for n in FILES if not (d / n).exists()]
-        raise DataError(f"$ABLATE_DATA_DIR={d} lacks {', '.join(missing)}. {_how_to_get()}")
     if not download:
         raise DataError(f"Fashion-MNIST not found in {', '.join(map(str, dirs))}. {_how_to_get()}")
     _download(dirs[-1])

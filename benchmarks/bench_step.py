@@ -1,0 +1,294 @@
+"""Benchmark 1: the distillation step (funmatch, resnet_t -> resnet_s, batch 128) in JAX vs PyTorch, and vs peak.
+
+Contenders, timed alternately block by block, each framework in a process of its own (PyTorch's
+OpenMP threads and XLA's thread pool never share a process; an idle contender waits on a pipe):
+
+* `jax`: ablate's own jitted step (views render + teacher forward + student
+  forward/backward + clipped Adam with decoupled weight decay), StdConv impl "matmul";
+* `jax_xla` (with --xla): the same with impl "xla" (lax.conv_general_dilated);
+* `torch_eager` / `torch_compile`: `benchmarks/torch_models.TorchStep`, channels_last, 2 threads
+  (and `torch_eager_1thread` with --torch1);
+* `jnp_dot`, `np_matmul`, `torch_mm`: a 2048x2048 float32 matmul each, the machine's practical peak.
+
+FLOPs of the step come from XLA's cost analysis of the compiled step
+(`jit(step).lower(...).compile().cost_analysis()["flops"]`); the lowered
+(pre-optimisation) count and the models' own FLOPs (teacher forward + 3x
+student forward, from the lowered cost analysis of `model.apply` with impl
+"xla", where XLA counts a convolution as 2 x MACs) are reported beside it.
+
+    .venv/bin/python -m benchmarks.bench_step [--reps 5] [--block-s 2] [--no-compile] [--torch1] [--xla]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+MATMUL_N = 2048
+
+
+def model_flops(batch: int) -> dict:
+    """FLOPs of one forward pass of each model on a batch (lowered cost analysis, convolutions as XLA convs)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ablate.models import build_model
+
+    out = {}
+    with common.conv_impl("xla"):
+        for name in ("resnet_t", "resnet_s"):
+            model = build_model(name, 10)
+            x = jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32)
+            params = jax.eval_shape(model.init, jax.random.key(0), x)
+            cost = jax.jit(model.apply).lower(params, x).cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            out[name] = float(cost["flops"])
+    return out
+
+
+def _matmuls(kinds) -> dict:
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32) for _ in range(2))
+    out = {}
+    if "jnp" in kinds:
+        import jax
+        import jax.numpy as jnp
+
+        ja, jb = jax.device_put(a), jax.device_put(b)
+        dot = jax.jit(jnp.dot)
+
+        def jnp_dot(n):
+            for _ in range(n):
+                r = dot(ja, jb)
+            r.block_until_ready()
+
+        out["jnp_dot"] = jnp_dot
+    if "np" in kinds:
+        def np_matmul(n):
+            for _ in range(n):
+                np.matmul(a, b)
+
+        out["np_matmul"] = np_matmul
+    if "torch" in kinds:
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+        def torch_mm(n):
+            for _ in range(n):
+                torch.mm(ta, tb)
+
+        out["torch_mm"] = torch_mm
+    return out
+
+
+def jax_worker(batch: int, impls=("matmul",)):
+    """(In its own process) ablate's step for each StdConv impl, plus jnp and numpy matmuls."""
+    out, info = {}, {}
+    for impl in impls:
+        js = common.make_jax_step("funmatch", batch, impl=impl)
+        t0 = time.perf_counter()
+        js.run(1)
+        info[f"first_step_s/{impl}"] = time.perf_counter() - t0
+        out["jax" if impl == "matmul" else f"jax_{impl}"] = js.run
+    out.update(_matmuls(("jnp", "np")))
+    return out, info
+
+
+def torch_worker(batch: int, threads: int, compile: bool, teacher_params, student_params, matmul: bool):
+    """(In its own process) the PyTorch step with `threads` threads, eager or compiled, plus torch.mm."""
+    import torch
+
+    from benchmarks import torch_models as tm
+
+    torch.set_num_threads(threads)
+    batches = common.fashion_mnist_batches(batch, 4)
+    step = tm.TorchStep(batches, compile=compile, teacher_params=teacher_params, student_params=student_params)
+    t0 = time.perf_counter()
+    step.run(2)
+    info = {"first_two_steps_s": time.perf_counter() - t0, "optimizer": step.opt.kind, "threads": threads}
+    out = {"step": step.run}
+    if matmul:
+        out.update(_matmuls(("torch",)))
+    return out, info
+
+
+def equivalence(js: common.JaxStep) -> dict:
+    """Same parameter counts; same logits, loss, gradients and one optimiser update given the same weights and input."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from ablate import optim, views
+    from ablate.losses import kl
+    from ablate.models import build_model
+    from benchmarks import torch_models as tm
+
+    out = {}
+    x0 = jnp.zeros((1, 28, 28, 1))
+    s_model, t_model = build_model("resnet_s", 10), build_model("resnet_t", 10)
+    s_params = common.randomise_head(s_model.init(jax.random.key(5), x0)["params"], 6)
+    t_params = js.teacher_params
+    t_torch, s_torch = tm.resnet_t(), tm.resnet_s()
+    out["params"] = {"resnet_t": {"flax": sum(a.size for a in jax.tree.leaves(t_params)), "torch": tm.num_params(t_torch)},
+                     "resnet_s": {"flax": sum(a.size for a in jax.tree.leaves(s_params)), "torch": tm.num_params(s_torch)}}
+    tm.load_flax_params(t_torch, t_params)
+    tm.load_flax_params(s_torch, s_params)
+
+    # one mixed view of a real batch, rendered by both implementations from the same crop boxes
+    images = js.batches[0]["image"]
+    crops = views.inception_crop(jax.random.key(7), images.shape[0])
+    coef = 0.7
+    xj = views.mix(views.render(images, crops, 28), coef)
+    xt = tm.mix(tm.render(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).contiguous(),
+                          torch.from_numpy(np.array(crops.boxes)), torch.from_numpy(np.array(crops.flips)), 28),
+                coef)
+    out["input_max_abs_diff"] = float(np.abs(np.asarray(xj) - xt.permute(0, 2, 3, 1).numpy()).max())
+
+    zt_j = t_model.apply({"params": t_params}, xj)
+    with torch.no_grad():
+        zt_t = t_torch(xt)
+    out["teacher_logits_max_abs_diff"] = float(np.abs(np.asarray(zt_j) - zt_t.numpy()).max())
+
+    def loss_fn(p):
+        return jnp.mean(kl(s_model.apply({"params": p}, xj), zt_j, None))
+
+    loss_j, grads_j = jax.value_and_grad(loss_fn)(s_params)
+    opt = optim.paper_optimizer(3e-3, 1e-4, total_steps=10, warmup_steps=0, clip=1.0)
+    updates, _ = opt.update(grads_j, opt.init(s_params), s_params)
+
+    topt = tm.PaperOptimizer(s_torch, 3e-3, 1e-4, total_steps=10, warmup_steps=0)
+    zs_t = s_torch(xt)
+    loss_t = tm.kl_loss(zs_t, zt_t)
+    loss_t.backward()
+    zs_j = s_model.apply({"params": s_params}, xj)
+    out["student_logits_max_abs_diff"] = float(np.abs(np.asarray(zs_j) - zs_t.detach().numpy()).max())
+    out["loss"] = {"jax": float(loss_j), "torch": float(loss_t.detach())}
+    pairs_g = tm.flax_pairs(s_torch, grads_j)
+    gmax = max(float(np.abs(g).max()) for _, _, g in pairs_g)
+    out["grad_max_abs_diff_rel"] = max(float(np.abs(p.grad.numpy() - g).max()) for _, p, g in pairs_g) / gmax
+    before = {name: p.detach().numpy().copy() for name, p, _ in tm.flax_pairs(s_torch, s_params)}
+    topt.step()
+    diffs = [np.abs((p.detach().numpy() - before[name]) - u) for name, p, u in tm.flax_pairs(s_torch, updates)]
+    alld = np.concatenate([d.ravel() for d in diffs])
+    out["update_max_abs_diff_over_lr"] = float(alld.max() / 3e-3)
+    out["update_frac_within_1e-3_lr"] = float(np.mean(alld <= 1e-3 * 3e-3))
+    same_params = all(v["flax"] == v["torch"] for v in out["params"].values())
+    out["equivalent"] = bool(same_params and out["teacher_logits_max_abs_diff"] < 1e-4
+                             and out["student_logits_max_abs_diff"] < 1e-4 and out["grad_max_abs_diff_rel"] < 1e-3
+                             and out["update_frac_within_1e-3_lr"] > 0.99)
+    return out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions (default 5)")
+    ap.add_argument("--block-s", type=float, default=2.0, help="seconds per timed block (default 2)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--no-torch", action="store_true", help="JAX only")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes 1-2 min here)")
+    ap.add_argument("--torch1", action="store_true", help="also time eager PyTorch with 1 thread")
+    ap.add_argument("--xla", action="store_true", help="also time the JAX step with StdConv impl='xla'")
+    args = ap.parse_args(argv)
+
+    import jax
+
+    torch_ok = not args.no_torch
+    if torch_ok:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch is not installed (python3 bootstrap.py bench installs it): JAX only")
+            torch_ok = False
+
+    result: dict = {"config": vars(args)}
+    print(f"ablate's funmatch step, batch {args.batch}: cost analysis and equivalence (in this process)")
+    js = common.make_jax_step("funmatch", args.batch)
+    t0 = time.perf_counter()
+    cost = common.cost_flops(js.step, *js.args())
+    result["jax_compile_s"] = time.perf_counter() - t0
+    mf = model_flops(args.batch)
+    cost["model_flops"] = mf["resnet_t"] + 3 * mf["resnet_s"]
+    cost["teacher_forward_flops"], cost["student_forward_flops"] = mf["resnet_t"], mf["resnet_s"]
+    result["flops_per_step"] = cost
+    print(f"  XLA cost analysis: {cost['compiled_flops'] / 1e9:.2f} GFLOP per step (compiled), "
+          f"{cost['lowered_flops'] / 1e9:.2f} (lowered); model FLOPs (T fwd + 3 x S fwd) "
+          f"{cost['model_flops'] / 1e9:.2f} GFLOP")
+    t_params = jax.tree.map(np.asarray, js.teacher_params)
+    s_params = jax.tree.map(np.asarray, js.state.params)
+    if torch_ok:
+        result["equivalence"] = eq = equivalence(js)
+        print(f"  torch equivalent: {eq['equivalent']} (params {eq['params']}, logits diff "
+              f"{eq['teacher_logits_max_abs_diff']:.1e}/{eq['student_logits_max_abs_diff']:.1e}, "
+              f"grad rel diff {eq['grad_max_abs_diff_rel']:.1e}, update diff/lr {eq['update_max_abs_diff_over_lr']:.1e})")
+    del js
+
+    # every contender in its own process: PyTorch's OpenMP threads and XLA's thread pool never share one
+    print("starting the contenders' processes (each compiles or warms up its own step)")
+    workers, contenders = [], {}
+    try:
+        w = common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch,
+                                     impls=("matmul", "xla") if args.xla else ("matmul",))
+        workers.append(w)
+        contenders.update(w.runners())
+        result["jax_worker"] = w.info
+        if torch_ok:
+            variants = [("torch_eager", 2, False)]
+            if args.torch1:
+                variants.append(("torch_eager_1thread", 1, False))
+            if not args.no_compile:
+                variants.append(("torch_compile", 2, True))
+            for name, threads, comp in variants:
+                try:
+                    w = common.ProcessContenders("benchmarks.bench_step:torch_worker", batch=args.batch,
+                                                 threads=threads, compile=comp, teacher_params=t_params,
+                                                 student_params=s_params, matmul=name == "torch_eager")
+                except RuntimeError as e:
+                    result[f"{name}_error"] = str(e)[-800:]
+                    print(f"  {name} failed: {str(e).strip().splitlines()[-1]}")
+                    continue
+                workers.append(w)
+                result[name] = w.info
+                print(f"  {name}: first two steps {w.info['first_two_steps_s']:.0f} s")
+                for k, run in w.runners().items():
+                    contenders[name if k == "step" else k] = run
+        print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
+        times = common.alternate(contenders, args.reps, args.block_s)
+    finally:
+        for w in workers:
+            w.close()
+
+    mm_flops = 2 * MATMUL_N ** 3
+    peak = {k: [mm_flops / t / 1e9 for t in times[k]] for k in ("jnp_dot", "np_matmul", "torch_mm") if k in times}
+    best_peak = [max(vals) for vals in zip(*peak.values())]
+    steps = [k for k in times if k.startswith(("jax", "torch_eager", "torch_compile"))]
+    flops = cost["compiled_flops"]
+    summary = {"images_per_s": {k: common.spread([args.batch / t for t in times[k]]) for k in steps},
+               "peak_gflops": {k: common.spread(v) for k, v in peak.items()},
+               "jax_gflops_xla_count": common.spread([flops / t / 1e9 for t in times["jax"]]),
+               "jax_gflops_model_count": common.spread([cost["model_flops"] / t / 1e9 for t in times["jax"]]),
+               "jax_fraction_of_peak": common.spread([flops / t / 1e9 / p for t, p in zip(times["jax"], best_peak)]),
+               "speedup_of_jax_over": {k: common.ratio(times[k], times["jax"]) for k in steps if k != "jax"}}
+    result["times_s"] = times
+    result["summary"] = summary
+
+    print("\nresults (medians of per-repetition figures; absolute numbers move with the machine's load):")
+    for k in steps:
+        print(f"  {k:<20} {common.fmt(summary['images_per_s'][k], ' img/s', 0)}")
+    for k, v in summary["peak_gflops"].items():
+        print(f"  peak {k:<15} {common.fmt(v, ' GFLOP/s', 1)}")
+    print(f"  jax step            {common.fmt(summary['jax_gflops_xla_count'], ' GFLOP/s', 1)} (XLA count), "
+          f"{summary['jax_gflops_model_count']['median']:.1f} GFLOP/s (model count)")
+    print(f"  jax step at         {common.fmt(summary['jax_fraction_of_peak'], '', 3)} of the best matmul of the same rep")
+    for k, v in summary["speedup_of_jax_over"].items():
+        print(f"  time {k} / time jax: {common.fmt(v)}")
+    common.save("step", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
