@@ -4,6 +4,7 @@
     python3 bootstrap.py main   # set up, then run the `consistency` study (quick preset) and render its report
     python3 bootstrap.py test   # set up, then run the test suite
     python3 bootstrap.py setup  # set up only
+    python3 bootstrap.py bench  # set up, add PyTorch (CPU) for the comparison, then run the benchmarks (benchmarks/README.md)
 
 Set-up is idempotent: a venv whose lock file has not changed is reused.
 """
@@ -60,15 +61,34 @@ def setup() -> None:
     STAMP.write_text(digest)
 
 
+TORCH = "torch==2.13.0"  # the benchmarks' PyTorch reference only; ablate itself never imports it
+
+
+def install_torch() -> None:
+    """Add PyTorch (CPU) to the venv for the benchmarks, with pip (a local wheel is found through pip's
+    find-links where there is one; uv's resolver is not used for it)."""
+    py = BIN / "python"
+    want = TORCH.split("==")[1]
+    probe = "import torch, sys; sys.exit(torch.__version__.split('+')[0] != sys.argv[1])"
+    if subprocess.call([str(py), "-c", probe, want], stderr=subprocess.DEVNULL) == 0:
+        return
+    if subprocess.call([str(py), "-m", "pip", "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        sh(py, "-m", "ensurepip")  # a venv made by uv has no pip
+    sh(py, "-m", "pip", "install", "-q", TORCH)
+
+
 def main() -> int:
     what = sys.argv[1] if len(sys.argv) > 1 else "main"
-    if what not in ("main", "test", "setup"):
+    if what not in ("main", "test", "setup", "bench"):
         print(__doc__)
         return 2
     setup()
     os.chdir(ROOT)
     if what == "test":
         return subprocess.call([str(BIN / "python"), "-m", "pytest", *sys.argv[2:]])
+    if what == "bench":
+        install_torch()
+        return subprocess.call([str(BIN / "python"), "-m", "benchmarks.run_all", *sys.argv[2:]])
     if what == "main":
         ablate = str(BIN / "ablate")
         rc = subprocess.call([ablate, "run", "consistency", "--preset", "quick", *sys.argv[2:]])

@@ -111,17 +111,16 @@ def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc
                              f"{', '.join(c for c in df.columns if c.startswith(('best/', 'last/')))}")
         df[metric] = np.nan  # no run has finished yet: the table still lists the failed ones
     keys = by.split(",") if by else (_varying(df) or ["policy" if "policy" in df else "run_id"])
-    failed = df[df.status != "done"].groupby(keys, dropna=False).size().rename("failed")
     table = summarize(df, keys, metrics=(metric,))
-    if len(failed):
-        failed = failed.reset_index()
-        table = failed if table.empty else table.merge(failed, on=keys, how="outer")
-        table = table.fillna({"failed": 0, "n": 0})
-    for col, fill in ((metric, np.nan), ("failed", 0), ("n", 0)):  # `failed` always shown: failed, interrupted, damaged
-        if col not in table:
-            table[col] = fill
-    table["failed"] = table["failed"].astype(int)
-    table["n"] = table["n"].astype(int)
+    for col, states in (("failed", ("failed", "damaged")), ("running", ("running",))):  # always shown
+        counts = df[df.status.isin(states)].groupby(keys, dropna=False).size().rename(col)
+        if len(counts):
+            counts = counts.reset_index()
+            table = counts if table.empty else table.merge(counts, on=keys, how="outer")
+    for col, fill in ((metric, np.nan), ("failed", 0), ("running", 0), ("n", 0)):
+        table[col] = table[col].fillna(fill) if col in table else fill
+    for col in ("failed", "running", "n"):
+        table[col] = table[col].astype(int)
     table = table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     if baseline:

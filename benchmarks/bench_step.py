@@ -5,9 +5,12 @@ OpenMP threads and XLA's thread pool never share a process; an idle contender wa
 
 * `jax`: ablate's own jitted step (views render + teacher forward + student
   forward/backward + clipped Adam with decoupled weight decay), StdConv impl "matmul";
-* `jax_xla` (with --xla): the same with impl "xla" (lax.conv_general_dilated);
-* `torch_eager` / `torch_compile`: `benchmarks/torch_models.TorchStep`, channels_last, 2 threads
-  (and `torch_eager_1thread` with --torch1);
+* `jax_xla`: the same with impl "xla" (lax.conv_general_dilated);
+* `torch_eager`: `benchmarks/torch_models.TorchStep`, channels_last, torch.set_num_threads(2);
+  `torch_eager_1thread`: the same with 1 thread (OpenMP's 2-thread team suffers badly when
+  the 2 cores are shared with other work);
+* `torch_compile` (with --compile): the same through torch.compile (inductor), 2 threads;
+* `jax/NAME`, `jax_xla/NAME` (with --xla-flags NAME=FLAGS): the JAX step under other XLA_FLAGS;
 * `jnp_dot`, `np_matmul`, `torch_mm`: a 2048x2048 float32 matmul each, the machine's practical peak.
 
 FLOPs of the step come from XLA's cost analysis of the compiled step
@@ -16,7 +19,8 @@ FLOPs of the step come from XLA's cost analysis of the compiled step
 student forward, from the lowered cost analysis of `model.apply` with impl
 "xla", where XLA counts a convolution as 2 x MACs) are reported beside it.
 
-    .venv/bin/python -m benchmarks.bench_step [--reps 5] [--block-s 2] [--no-compile] [--torch1] [--xla]
+    .venv/bin/python -m benchmarks.bench_step [--reps 5] [--block-s 2] [--compile] [--torch-threads 2,1]
+                                              [--no-xla] [--xla-flags onednn=--xla_cpu_experimental_onednn_custom_call=true]
 """
 
 from __future__ import annotations
@@ -190,9 +194,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--block-s", type=float, default=2.0, help="seconds per timed block (default 2)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--no-torch", action="store_true", help="JAX only")
-    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes 1-2 min here)")
-    ap.add_argument("--torch1", action="store_true", help="also time eager PyTorch with 1 thread")
-    ap.add_argument("--xla", action="store_true", help="also time the JAX step with StdConv impl='xla'")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (compiling takes 1-2 min here)")
+    ap.add_argument("--torch-threads", default="2,1", help="eager PyTorch thread counts to time (default 2,1)")
+    ap.add_argument("--no-xla", action="store_true", help="skip the JAX step with StdConv impl='xla'")
+    ap.add_argument("--xla-flags", action="append", default=[], metavar="NAME=FLAGS",
+                    help="also time the JAX step in a process with XLA_FLAGS=FLAGS (repeatable)")
     args = ap.parse_args(argv)
 
     import jax
@@ -231,22 +237,29 @@ def main(argv=None) -> dict:
     print("starting the contenders' processes (each compiles or warms up its own step)")
     workers, contenders = [], {}
     try:
-        w = common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch,
-                                     impls=("matmul", "xla") if args.xla else ("matmul",))
+        impls = ("matmul",) if args.no_xla else ("matmul", "xla")
+        w = common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch, impls=impls)
         workers.append(w)
         contenders.update(w.runners())
         result["jax_worker"] = w.info
+        for spec in args.xla_flags:
+            name, _, flags = spec.partition("=")
+            w = common.ProcessContenders("benchmarks.bench_step:jax_worker", env={"XLA_FLAGS": flags},
+                                         batch=args.batch, impls=impls)
+            workers.append(w)
+            result[f"jax_worker/{name}"] = {**w.info, "XLA_FLAGS": flags}
+            contenders.update({f"{k}/{name}": run for k, run in w.runners().items() if k.startswith("jax")})
         if torch_ok:
-            variants = [("torch_eager", 2, False)]
-            if args.torch1:
-                variants.append(("torch_eager_1thread", 1, False))
-            if not args.no_compile:
+            variants = []
+            for threads in (int(t) for t in args.torch_threads.split(",") if t):
+                variants.append(("torch_eager" if threads == 2 else f"torch_eager_{threads}thread", threads, False))
+            if args.compile:
                 variants.append(("torch_compile", 2, True))
             for name, threads, comp in variants:
                 try:
                     w = common.ProcessContenders("benchmarks.bench_step:torch_worker", batch=args.batch,
                                                  threads=threads, compile=comp, teacher_params=t_params,
-                                                 student_params=s_params, matmul=name == "torch_eager")
+                                                 student_params=s_params, matmul=name == variants[0][0])
                 except RuntimeError as e:
                     result[f"{name}_error"] = str(e)[-800:]
                     print(f"  {name} failed: {str(e).strip().splitlines()[-1]}")
@@ -267,12 +280,16 @@ def main(argv=None) -> dict:
     best_peak = [max(vals) for vals in zip(*peak.values())]
     steps = [k for k in times if k.startswith(("jax", "torch_eager", "torch_compile"))]
     flops = cost["compiled_flops"]
+    jax_names = [k for k in ("jax", "jax_xla") if k in times]
     summary = {"images_per_s": {k: common.spread([args.batch / t for t in times[k]]) for k in steps},
                "peak_gflops": {k: common.spread(v) for k, v in peak.items()},
-               "jax_gflops_xla_count": common.spread([flops / t / 1e9 for t in times["jax"]]),
-               "jax_gflops_model_count": common.spread([cost["model_flops"] / t / 1e9 for t in times["jax"]]),
-               "jax_fraction_of_peak": common.spread([flops / t / 1e9 / p for t, p in zip(times["jax"], best_peak)]),
-               "speedup_of_jax_over": {k: common.ratio(times[k], times["jax"]) for k in steps if k != "jax"}}
+               # achieved rates use the FLOPs of the matmul program's cost analysis for every JAX variant
+               "gflops_xla_count": {k: common.spread([flops / t / 1e9 for t in times[k]]) for k in jax_names},
+               "gflops_model_count": {k: common.spread([cost["model_flops"] / t / 1e9 for t in times[k]])
+                                      for k in jax_names},
+               "fraction_of_peak": {k: common.spread([flops / t / 1e9 / p for t, p in zip(times[k], best_peak)])
+                                    for k in jax_names},
+               "time_over": {j: {k: common.ratio(times[k], times[j]) for k in steps if k != j} for j in jax_names}}
     result["times_s"] = times
     result["summary"] = summary
 
@@ -281,11 +298,13 @@ def main(argv=None) -> dict:
         print(f"  {k:<20} {common.fmt(summary['images_per_s'][k], ' img/s', 0)}")
     for k, v in summary["peak_gflops"].items():
         print(f"  peak {k:<15} {common.fmt(v, ' GFLOP/s', 1)}")
-    print(f"  jax step            {common.fmt(summary['jax_gflops_xla_count'], ' GFLOP/s', 1)} (XLA count), "
-          f"{summary['jax_gflops_model_count']['median']:.1f} GFLOP/s (model count)")
-    print(f"  jax step at         {common.fmt(summary['jax_fraction_of_peak'], '', 3)} of the best matmul of the same rep")
-    for k, v in summary["speedup_of_jax_over"].items():
-        print(f"  time {k} / time jax: {common.fmt(v)}")
+    for k in jax_names:
+        print(f"  {k} step {common.fmt(summary['gflops_xla_count'][k], ' GFLOP/s', 1)} (XLA count), "
+              f"{summary['gflops_model_count'][k]['median']:.1f} GFLOP/s (model count), "
+              f"{common.fmt(summary['fraction_of_peak'][k], '', 3)} of the best matmul of the same rep")
+    for j in jax_names:
+        for k, v in summary["time_over"][j].items():
+            print(f"  time {k} / time {j}: {common.fmt(v)}")
     common.save("step", result)
     return result
 

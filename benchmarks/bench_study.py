@@ -12,16 +12,21 @@ expansion). Nested intervals go to the innermost one (a compile inside an
 evaluation counts as compile). RSS is sampled every --rss-every steps; the
 slope of RSS over steps after the first 20% of them measures growth.
 The default study is a tiny one written to a temp folder (funmatch and fix/rs,
-20 epochs on the 500-image subset, 2 evaluations) with a fresh, empty XLA
-cache (a cold machine); --warm keeps ablate's own cache, --study/--preset
-run a real study instead, --epochs makes the runs longer.
+20 epochs on the 500-image subset, 2 evaluations) using ablate's own XLA
+cache (warm after the first time); --cold gives it a fresh, empty cache (a
+new machine), --study/--preset run a real study instead, --epochs makes the
+runs longer.
 
-Part B measures the persistent compilation cache: two fresh processes in turn
+Part C trains one longer funmatch run (--long-steps, default 200; a teacher
+with random weights, 1 evaluation) and samples RSS every --rss-every steps:
+its slope after the first 20% of the steps is the memory growth per step.
+
+Part B (run first, in fresh processes) measures the persistent compilation cache: two fresh processes in turn
 compile the same funmatch step with ABLATE_CACHE pointing at one new folder;
 the second should hit the cache ('/jax/compilation_cache/cache_hits').
 
-    .venv/bin/python -m benchmarks.bench_study [--epochs 20] [--policies funmatch,fix/rs] [--warm]
-                                               [--study NAME --preset P] [--no-cache-test]
+    .venv/bin/python -m benchmarks.bench_study [--epochs 20] [--policies funmatch,fix/rs] [--cold]
+                                               [--study NAME --preset P] [--no-cache-test] [--long-steps 200]
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ class Timeline:
         self.intervals: list[tuple[str, float, float]] = []
         self.counts: dict[str, int] = {}
         self.rss: list[tuple[int, float, int]] = []  # (global step, time, bytes)
+        self.compiles: dict[str, list] = {}  # function name -> [backend compiles, seconds]
         self.rss_every = rss_every
         self.steps = 0
         self.page = os.sysconf("SC_PAGE_SIZE")
@@ -81,7 +87,11 @@ class Timeline:
         setattr(owner, name, timed)
         return original
 
-    def on_duration(self, event: str, secs: float, **_):
+    def on_duration(self, event: str, secs: float, fun_name: str = "?", **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            entry = self.compiles.setdefault(fun_name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += secs
         if event in COMPILE_EVENTS:
             now = time.perf_counter()
             self.intervals.append(("compile", now - secs, now))
@@ -147,7 +157,7 @@ def instrument(tl: Timeline):
                              (store.RunStore, "finish", "logging"), (store.RunStore, "claim", "logging"),
                              (store.RunStore, "release", "logging"), (tracking.WandbSink, "start", "logging"),
                              (tracking.WandbSink, "log", "logging"), (tracking.WandbSink, "finish", "logging"),
-                             (train, "train", "train steps")]:
+                             (runner, "train", "train steps")]:
         tl.wrap(owner, name, cat)
     original_batches = train.batches
     train.batches = lambda *a, **k: _CountingBatches(original_batches(*a, **k), tl)
@@ -169,14 +179,14 @@ def slope(samples: list[tuple[int, float, int]], skip: float = 0.2) -> dict:
             "rss_mb_first": float(rss[0]), "rss_mb_last": float(rss[-1]), "rss_mb_max": float(rss.max())}
 
 
-def study_part(args) -> dict:
+def study_part(args, tl: Timeline) -> dict:
     import jax
 
     import ablate  # noqa: F401  (sets the persistent cache from $ABLATE_CACHE)
     from ablate import cli, teachers
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="ablate-bench-study-"))
-    if not args.warm:
+    if args.cold:
         jax.config.update("jax_compilation_cache_dir", str(tmp / "xla"))
     if args.study:
         study, extra = args.study, (["--preset", args.preset] if args.preset else [])
@@ -188,10 +198,8 @@ def study_part(args) -> dict:
         path.write_text(STUDY_FILE.format(epochs=args.epochs, num_evals=args.num_evals, teacher=teacher,
                                           policies=args.policies.split(",")))
         study, extra = str(path), []
-    tl = Timeline(args.rss_every)
-    instrument(tl)
     cmd = ["run", study, *extra, "--store", str(tmp / "store"), "--wandb", "disabled", "--no-progress"]
-    print(f"ablate {' '.join(cmd)}  (XLA cache: {'ablate' if args.warm else 'fresh, empty'})")
+    print(f"ablate {' '.join(cmd)}  (XLA cache: {'fresh, empty' if args.cold else jax.config.jax_compilation_cache_dir})")
     tl.sample_rss()
     t0 = time.perf_counter()
     rc = cli.main(cmd)
@@ -206,13 +214,49 @@ def study_part(args) -> dict:
             print(f"  {k:<12} {split[k]:7.1f} s  {100 * split[k] / wall:5.1f}%")
     for k, v in tl.counts.items():
         print(f"  {k}: {v:.1f}" if isinstance(v, float) else f"  {k}: {v}")
+    top = sorted(tl.compiles.items(), key=lambda kv: -kv[1][1])
+    small = [v for v in tl.compiles.values() if v[1] / v[0] < 0.5]  # below ablate's persistent-cache threshold
+    print(f"  backend compiles: {sum(v[0] for v in tl.compiles.values())} of {len(tl.compiles)} functions; "
+          f"{sum(v[0] for v in small)} took < 0.5 s each ({sum(v[1] for v in small):.1f} s in all, never cached "
+          f"persistently); the costliest:")
+    for name, (n, secs) in top[:6]:
+        print(f"    {name:<28} {n:3d} x  {secs:6.1f} s")
+    maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  peak RSS (ru_maxrss) {maxrss_mb:.0f} MB")
+    return {"exit_code": rc, "wall_s": wall, "steps": tl.steps, "split_s": split,
+            "split_fraction": {k: v / wall for k, v in split.items()}, "jax_events": dict(tl.counts),
+            "backend_compiles": {k: {"count": v[0], "s": v[1]} for k, v in top},
+            "peak_rss_mb": maxrss_mb, "rss_samples": list(tl.rss)}
+
+
+def long_run(args, tl: Timeline) -> dict:
+    """One longer funmatch run through `ablate.train.train`; RSS sampled every few steps."""
+    import jax
+    import jax.numpy as jnp
+
+    from ablate import train
+    from ablate.config import RunConfig
+    from ablate.data import load_dataset
+    from ablate.models import build_model
+
+    data = load_dataset("fashion_mnist")
+    cfg = RunConfig(policy="funmatch", epochs=args.long_steps * 128 / 500, num_evals=1)
+    model = build_model("resnet_t", data.num_classes)
+    t_params = common.randomise_head(model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"], 2)
+    teacher = train.Frozen(model, t_params, 28)
+    tl.rss.clear()
+    tl.steps = 0
+    print(f"\nmemory: one funmatch run of {train.num_steps(cfg, 500)} steps, RSS every {tl.rss_every} steps")
+    t0 = time.perf_counter()
+    train.train(cfg, data, teacher=teacher, progress=False)
+    wall = time.perf_counter() - t0
+    tl.sample_rss()
     mem = slope(tl.rss)
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"  peak RSS (ru_maxrss) {maxrss_mb:.0f} MB; RSS growth {mem['mb_per_1000_steps']} MB per 1000 steps "
-          f"over {mem.get('samples')} samples")
-    return {"exit_code": rc, "wall_s": wall, "steps": tl.steps, "split_s": split,
-            "split_fraction": {k: v / wall for k, v in split.items()}, "jax_events": tl.counts,
-            "peak_rss_mb": maxrss_mb, "rss_growth": mem, "rss_samples": tl.rss}
+    print(f"  {tl.steps} steps in {wall:.0f} s; RSS {mem.get('rss_mb_first', 0):.0f} -> {mem.get('rss_mb_last', 0):.0f} MB, "
+          f"growth {mem['mb_per_1000_steps'] or 0:.2f} MB per 1000 steps after the first 20% of the steps "
+          f"({mem['samples']} samples); peak RSS (ru_maxrss) {maxrss_mb:.0f} MB")
+    return {"wall_s": wall, "steps": tl.steps, "rss_growth": mem, "peak_rss_mb": maxrss_mb, "rss_samples": list(tl.rss)}
 
 
 # ----------------------------------------------------------------------------- compilation cache
@@ -278,7 +322,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--teacher", default=None, help="default: fmnist_t if already trained, else fmnist_xs")
     ap.add_argument("--study", default=None, help="run this study instead of the tiny one")
     ap.add_argument("--preset", default=None)
-    ap.add_argument("--warm", action="store_true", help="keep ablate's XLA cache (default: a fresh, empty one)")
+    ap.add_argument("--cold", action="store_true", help="a fresh, empty XLA cache for the study (default: ablate's)")
+    ap.add_argument("--long-steps", type=int, default=200, help="steps of the memory-growth run (0: skip it)")
     ap.add_argument("--rss-every", type=int, default=5, help="sample RSS every N steps (default 5)")
     ap.add_argument("--no-cache-test", action="store_true")
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
@@ -291,7 +336,11 @@ def main(argv=None) -> dict:
     if not args.no_cache_test:  # first, in fresh processes, before this one has compiled anything
         print("persistent compilation cache: two fresh processes compile the same step")
         result["compilation_cache"] = cache_part()
-    result["study"] = study_part(args)
+    tl = Timeline(args.rss_every)
+    instrument(tl)
+    result["study"] = study_part(args, tl)
+    if args.long_steps:
+        result["long_run"] = long_run(args, tl)
     common.save("study", result)
     return result
 
