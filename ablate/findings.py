@@ -53,8 +53,10 @@ def finding2(runs: pd.DataFrame):
         return "missing runs", "not tested"
     longest = runs[runs.epochs == runs.epochs.max()]
     loss = longest.groupby("policy")["last/train/loss"].mean().drop("supervised", errors="ignore")
-    acc = _stats(runs, ["policy", "epochs"])["mean"].unstack("epochs")
+    acc = _stats(runs, ["policy", "epochs"])["mean"].unstack("epochs").dropna()  # policies with every schedule
     fixed = [p for p in ("fix/rs", "fix/ic_ens", "fix/cc") if p in acc.index]
+    if not fixed or not {"funmatch", "same/ic"} & set(acc.index):
+        return "missing runs (no fixed and consistent policy has every schedule yet)", "not tested"
     gains = {p: acc.loc[p].iloc[-1] - acc.loc[p].iloc[-2] for p in acc.index}
     lowest = loss.idxmin()
     text = (f"lowest train loss at {runs.epochs.max():g} epochs: {lowest} ({loss.min():.4f}; funmatch "
@@ -70,7 +72,7 @@ def finding3(runs: pd.DataFrame):
     """With function matching, test accuracy keeps rising with schedule length and approaches the teacher."""
     fm = _stats(runs[runs.policy == "funmatch"], ["epochs"])
     sup = _stats(runs[runs.policy == "supervised"], ["epochs"])
-    if len(fm) < 2 or sup.empty or "teacher/test/acc" not in runs:
+    if len(fm) < runs["epochs"].nunique() or len(fm) < 2 or sup.empty or "teacher/test/acc" not in runs:
         return "missing runs", "not tested"
     teacher = runs["teacher/test/acc"].dropna().iloc[0]
     rising = bool((fm["mean"].diff().dropna() > 0).all())
@@ -83,7 +85,7 @@ def finding3(runs: pd.DataFrame):
 
 def finding4(runs: pd.DataFrame):
     """At short schedules function matching can trail consistent teaching; short rankings do not predict long ones."""
-    acc = _stats(runs, ["policy", "epochs"])["mean"].unstack("epochs")
+    acc = _stats(runs, ["policy", "epochs"])["mean"].unstack("epochs").dropna()  # policies with every schedule
     if not {"funmatch", "same/ic"} <= set(acc.index) or acc.shape[1] < 2:
         return "missing runs", "not tested"
     short, long = acc.columns.min(), acc.columns.max()

@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUITE = {
     "step": ("benchmarks.bench_step", []),
     "breakdown": ("benchmarks.bench_breakdown", []),
+    "groupnorm": ("benchmarks.bench_groupnorm", []),
     "fixed": ("benchmarks.bench_fixed", []),
     "seeds": ("benchmarks.bench_seeds", []),
     "input": ("benchmarks.bench_input", []),
