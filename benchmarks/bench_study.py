@@ -26,7 +26,7 @@ compile the same funmatch step with ABLATE_CACHE pointing at one new folder;
 the second should hit the cache ('/jax/compilation_cache/cache_hits').
 
     .venv/bin/python -m benchmarks.bench_study [--epochs 20] [--policies funmatch,fix/rs] [--cold]
-                                               [--study NAME --preset P] [--no-cache-test] [--long-steps 200]
+                                               [--study NAME --preset P] [--no-cache-test] [--no-study] [--long-steps 200]
 """
 
 from __future__ import annotations
@@ -326,6 +326,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--long-steps", type=int, default=200, help="steps of the memory-growth run (0: skip it)")
     ap.add_argument("--rss-every", type=int, default=5, help="sample RSS every N steps (default 5)")
     ap.add_argument("--no-cache-test", action="store_true")
+    ap.add_argument("--no-study", action="store_true", help="skip part A (the study)")
     ap.add_argument("--compile-probe", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.compile_probe:
@@ -338,7 +339,8 @@ def main(argv=None) -> dict:
         result["compilation_cache"] = cache_part()
     tl = Timeline(args.rss_every)
     instrument(tl)
-    result["study"] = study_part(args, tl)
+    if not args.no_study:
+        result["study"] = study_part(args, tl)
     if args.long_steps:
         result["long_run"] = long_run(args, tl)
     common.save("study", result)
