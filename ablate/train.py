@@ -8,7 +8,6 @@ and reports each evaluation through a callback.
 from __future__ import annotations
 
 import dataclasses
-import math
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple
@@ -88,21 +87,52 @@ def num_steps(cfg: RunConfig, n_examples: int) -> int:
     return max(1, int(cfg.epochs * n_examples) // cfg.batch_size)
 
 
+class EpochOrder:
+    """Which example sits at each position of a run's data stream: epoch e is a seeded permutation of the source.
+
+    Positions run across epoch boundaries, so every example is seen equally often.
+    Permutations come from numpy (seeded by `(seed, epoch)`) and are cached, so a
+    batch of indices is one slice: grain's per-element index shuffle was the
+    slowest part of the input pipeline on small subsets (benchmarks/bench_input.py).
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+        self._cache: dict[int, np.ndarray] = {}
+
+    def epoch(self, e: int) -> np.ndarray:
+        if e not in self._cache:
+            if len(self._cache) > 4:  # a run reads epochs in order: keep only the recent ones
+                self._cache.pop(min(self._cache))
+            self._cache[e] = np.random.default_rng([self.seed, e]).permutation(self.size)
+        return self._cache[e]
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """Indices at positions [start, start + count)."""
+        out, pos = [], start
+        while pos < start + count:
+            e, i = divmod(pos, self.size)
+            part = self.epoch(e)[i:i + start + count - pos]
+            out.append(part)
+            pos += len(part)
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+
 def batches(source, cfg: RunConfig, total_steps: int, rows: slice = slice(None)) -> grain.MapDataset:
     """Random-access batches: batch k is the same for a given seed however the run got to step k.
 
-    Each epoch is a fresh seeded shuffle of the source; batches run across epoch
-    boundaries, so every example is seen equally often. `rows` selects the part
-    of every global batch this process loads (data parallelism over hosts).
+    Each epoch is a fresh seeded shuffle of the source (`EpochOrder`); `rows`
+    selects the part of every global batch this process loads (data
+    parallelism over hosts).
     """
     if cfg.batch_size > len(source):
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(source)} training examples")
-    epochs = math.ceil(total_steps * cfg.batch_size / len(source))
-    order = (grain.MapDataset.range(len(source)).shuffle(seed=cfg.seed).repeat(epochs)
-             .batch(cfg.batch_size, drop_remainder=True).map(lambda idx: np.asarray(idx)[rows]))
+    order = EpochOrder(len(source), cfg.seed)
+    indices = grain.MapDataset.range(total_steps).map(
+        lambda k: order.take(k * cfg.batch_size, cfg.batch_size)[rows])
     if hasattr(source, "gather"):  # in-memory arrays: gather whole batches by index
-        return order.map(source.gather)
-    return order.map(lambda idx: {k: np.stack([source[int(i)][k] for i in idx]) for k in ("image", "label", "index")})
+        return indices.map(source.gather)
+    return indices.map(lambda idx: {k: np.stack([source[int(i)][k] for i in idx]) for k in ("image", "label", "index")})
 
 
 # ----------------------------------------------------------------------------- the step

@@ -11,7 +11,7 @@ Parts (batch 128, resnet_t -> resnet_s, the same inputs as the whole step):
 Each is timed for StdConv impl "matmul" and "xla", and a `step` with the
 teacher on one impl and the student on the other is timed too (`--mixed`).
 
-    .venv/bin/python -m benchmarks.bench_breakdown [--reps 5] [--block-s 1] [--impls matmul,xla] [--mixed]
+    .venv/bin/python -m benchmarks.bench_breakdown [--reps 5] [--block-s 1] [--impls xla,matmul] [--mixed]
 """
 
 from __future__ import annotations

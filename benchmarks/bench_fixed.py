@@ -5,7 +5,7 @@ the resnet_t teacher on the mixed inception crop, fix/ic_ens looks its
 targets up by example index), timed alternately in one process for each
 StdConv impl. Target: fixed <= 0.4x the on-the-fly step's time.
 
-    .venv/bin/python -m benchmarks.bench_fixed [--reps 5] [--block-s 1.5] [--impls matmul,xla] [--fixed fix/ic_ens]
+    .venv/bin/python -m benchmarks.bench_fixed [--reps 5] [--block-s 1.5] [--impls xla,matmul] [--fixed fix/ic_ens]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--block-s", type=float, default=1.5)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--impls", default="matmul,xla", help="StdConv impls to measure (default matmul,xla)")
+    ap.add_argument("--impls", default="xla,matmul", help="StdConv impls to measure (default xla,matmul)")
     ap.add_argument("--fixed", default="fix/ic_ens", help="the fixed-teacher policy (default fix/ic_ens)")
     args = ap.parse_args(argv)
     impls = args.impls.split(",")

@@ -1,17 +1,16 @@
-"""What GroupNorm and weight standardisation cost in the default models, and what a cheaper GroupNorm saves.
+"""What GroupNorm and weight standardisation cost in the default models, and what ablate's GroupNorm saves.
 
 Programs (batch 128, 28 px): the student's loss and gradients (`resnet_s`,
 KL at T=1) and the teacher's forward pass (`resnet_t`), each with ablate's
 `group_norm` swapped while tracing for:
 
-* `flax`: ablate's own (flax `nn.GroupNorm`, `use_fast_variance=False`), the baseline;
-* `none`: no normalisation at all (a lower bound: what GroupNorm costs);
+* `flax`: flax's `nn.GroupNorm` (`use_fast_variance=False`), the baseline;
+* `ablate`: ablate's own `GroupNorm` (per-channel sums over (H, W) first, then
+  over each group's channels; two-pass variance; scale and shift folded into
+  one multiply-add; same result as `flax` to ~1e-6);
 * `fastvar`: flax `nn.GroupNorm` with `use_fast_variance=True`;
-* `perchannel`: per-channel sums over (H, W) first, then summed over each
-  group's channels, the variance in a second pass, and scale and shift folded
-  into one per-(example, channel) multiply-add (same result as `flax` to ~1e-6);
-* `perchannel1`: the same with a one-pass variance (E[x^2] - E[x]^2);
-* `no_ws`: `flax` GroupNorm but no weight standardisation.
+* `none`: no normalisation at all (a lower bound: what GroupNorm costs);
+* `no_ws`: ablate's GroupNorm but no weight standardisation.
 
 Timed alternately; figure: time / time of `flax`, per model and StdConv impl.
 
@@ -25,46 +24,7 @@ import contextlib
 
 from benchmarks import common
 
-VARIANTS = ("flax", "none", "fastvar", "perchannel", "perchannel1", "no_ws")
-
-
-def _modules():
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    class Identity(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return x
-
-    class PerChannelGroupNorm(nn.Module):
-        """GroupNorm over NHWC from per-channel sums; parameters named like flax's (scale, bias)."""
-
-        num_groups: int
-        two_pass: bool = True
-        epsilon: float = 1e-5
-
-        @nn.compact
-        def __call__(self, x):
-            c, g = x.shape[-1], self.num_groups
-            n = x.shape[1] * x.shape[2] * (c // g)
-            scale = self.param("scale", nn.initializers.ones, (c,))
-            bias = self.param("bias", nn.initializers.zeros, (c,))
-
-            def group_sum(per_channel):  # (B, C) -> (B, G)
-                return per_channel.reshape(-1, g, c // g).sum(-1)
-
-            mean_g = group_sum(jnp.sum(x, axis=(1, 2))) / n
-            mean_c = jnp.repeat(mean_g, c // g, axis=-1)
-            if self.two_pass:
-                var_g = group_sum(jnp.sum(jnp.square(x - mean_c[:, None, None, :]), axis=(1, 2))) / n
-            else:
-                var_g = group_sum(jnp.sum(jnp.square(x), axis=(1, 2))) / n - jnp.square(mean_g)
-            a = scale * jnp.repeat(jax.lax.rsqrt(var_g + self.epsilon), c // g, axis=-1)
-            return x * a[:, None, None, :] + (bias - mean_c * a)[:, None, None, :]
-
-    return Identity, PerChannelGroupNorm
+VARIANTS = ("flax", "ablate", "fastvar", "none", "no_ws")
 
 
 @contextlib.contextmanager
@@ -74,7 +34,6 @@ def variant(kind: str):
 
     from ablate.models import resnet
 
-    identity, per_channel = _modules()
     original_gn, original_std = resnet.group_norm, resnet.standardize
 
     def groups(c, g):
@@ -83,14 +42,14 @@ def variant(kind: str):
         return g
 
     if kind == "none":
-        resnet.group_norm = lambda c, g, name: identity(name=name)
-    elif kind == "fastvar":
+        resnet.group_norm = lambda c, g, name: (lambda x: x)
+    elif kind in ("flax", "fastvar"):
         resnet.group_norm = lambda c, g, name: nn.GroupNorm(num_groups=groups(c, g), epsilon=1e-5,
-                                                            use_fast_variance=True, name=name)
-    elif kind in ("perchannel", "perchannel1"):
-        resnet.group_norm = lambda c, g, name: per_channel(groups(c, g), kind == "perchannel", name=name)
+                                                            use_fast_variance=kind == "fastvar", name=name)
     elif kind == "no_ws":
         resnet.standardize = lambda w, eps=1e-10: w
+    elif kind != "ablate":
+        raise ValueError(f"unknown GroupNorm variant {kind!r}; valid: {VARIANTS}")
     try:
         yield
     finally:
@@ -129,17 +88,18 @@ def program(model_name: str, impl: str, kind: str, backward: bool, batch: int):
     return run
 
 
-def check_perchannel() -> float:
-    """Largest difference between the per-channel GroupNorm and flax's on random activations."""
+def check_ablate_groupnorm() -> float:
+    """Largest difference between ablate's GroupNorm and flax's on random activations."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    _, per_channel = _modules()
+    from ablate.models.resnet import GroupNorm
+
     x = jax.random.normal(jax.random.key(0), (4, 7, 7, 24)) * 3 + 1
-    ref = nn.GroupNorm(num_groups=4, epsilon=1e-5, use_fast_variance=False).init_with_output(jax.random.key(1), x)[0]
-    return max(float(jnp.abs(per_channel(4, two).init_with_output(jax.random.key(1), x)[0] - ref).max())
-               for two in (True, False))
+    ref, variables = nn.GroupNorm(num_groups=4, epsilon=1e-5, use_fast_variance=False).init_with_output(
+        jax.random.key(1), x)
+    return float(jnp.abs(GroupNorm(4).apply(variables, x) - ref).max())
 
 
 def main(argv=None) -> dict:
@@ -150,8 +110,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--impls", default="xla", help="StdConv impls (default xla, the faster one here)")
     args = ap.parse_args(argv)
 
-    diff = check_perchannel()
-    print(f"per-channel GroupNorm vs flax: max abs difference {diff:.1e}")
+    diff = check_ablate_groupnorm()
+    print(f"ablate's GroupNorm vs flax's: max abs difference {diff:.1e}")
     contenders = {}
     for impl in args.impls.split(","):
         for model, backward in (("resnet_s", True), ("resnet_t", False)):
@@ -165,7 +125,7 @@ def main(argv=None) -> dict:
         base = k.rsplit("/", 1)[0] + "/flax"
         summary[k] = {"ms": common.spread([1e3 * t for t in v]), "over_flax": common.ratio(v, times[base])}
         print(f"  {k:<36} {summary[k]['ms']['median']:7.1f} ms  {common.fmt(summary[k]['over_flax'])}")
-    common.save("groupnorm", {"config": vars(args), "perchannel_max_abs_diff": diff, "times_s": times,
+    common.save("groupnorm", {"config": vars(args), "ablate_vs_flax_max_abs_diff": diff, "times_s": times,
                               "summary": summary})
     return summary
 

@@ -9,7 +9,7 @@
 * two processes: two Python processes each running the step loop at the same
   time vs one alone; figure: total throughput ratio 2 x time(alone) / time(both).
 
-    .venv/bin/python -m benchmarks.bench_seeds [--reps 5] [--block-s 1.5] [--seeds 2,4] [--impls matmul,xla]
+    .venv/bin/python -m benchmarks.bench_seeds [--reps 5] [--block-s 1.5] [--seeds 2,4] [--impls xla,matmul]
                                                [--no-processes]
 """
 
@@ -97,7 +97,7 @@ def process_part(args) -> dict:
         a, b = workers
         contenders = {}
         for impl in impls:
-            name = "jax" if impl == "matmul" else f"jax_{impl}"
+            name = "jax" if impl == "xla" else f"jax_{impl}"
 
             def both(n, name=name):
                 a.start(name, n)
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--block-s", type=float, default=1.5)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seeds", default="2,4", help="numbers of seeds vmapped at once (default 2,4)")
-    ap.add_argument("--impls", default="matmul,xla")
+    ap.add_argument("--impls", default="xla,matmul")
     ap.add_argument("--no-processes", action="store_true", help="skip the two-process comparison")
     args = ap.parse_args(argv)
     result = {"config": vars(args), "vmap": vmap_part(args)}

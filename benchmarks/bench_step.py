@@ -1,17 +1,40 @@
-"""Benchmark 1: the distillation step (funmatch, resnet_t -> resnet_s, batch 128) in JAX vs PyTorch, and vs peak.
+"""Benchmark 1: the distillation step (funmatch, resnet_t -> resnet_s, batch 128) in JAX vs PyTorch (CPU or GPU), and vs peak.
 
 Contenders, timed alternately block by block, each framework in a process of its own (PyTorch's
 OpenMP threads and XLA's thread pool never share a process; an idle contender waits on a pipe):
 
 * `jax`: ablate's own jitted step (views render + teacher forward + student
-  forward/backward + clipped Adam with decoupled weight decay), StdConv impl "matmul";
-* `jax_xla`: the same with impl "xla" (lax.conv_general_dilated);
+  forward/backward + clipped Adam with decoupled weight decay), as ablate runs it: StdConv impl
+  "xla" (lax.conv_general_dilated) and ablate's per-channel-sum GroupNorm;
+* `jax_matmul`: the same with StdConv impl "matmul" (convolutions as patches + one matmul);
+* `jax_flaxgn`: the same with flax's `nn.GroupNorm` instead of ablate's (same parameters, same
+  results to ~1e-6; ablate's default before 2026-11-26 afternoon, with impl "matmul");
 * `torch_eager`: `benchmarks/torch_models.TorchStep`, channels_last, torch.set_num_threads(2);
   `torch_eager_1thread`: the same with 1 thread (OpenMP's 2-thread team suffers badly when
   the 2 cores are shared with other work);
 * `torch_compile` (with --compile): the same through torch.compile (inductor), 2 threads;
-* `jax/NAME`, `jax_xla/NAME` (with --xla-flags NAME=FLAGS): the JAX step under other XLA_FLAGS;
+* `..._passive` (with --omp-passive): the 2-thread PyTorch contenders with OMP_WAIT_POLICY=PASSIVE
+  (OpenMP threads sleep at once at a barrier instead of spinning: kinder to a shared machine);
+* `jax/NAME`, `jax_matmul/NAME` (with --xla-flags NAME=FLAGS): the JAX step under other XLA_FLAGS;
 * `jnp_dot`, `np_matmul`, `torch_mm`: a 2048x2048 float32 matmul each, the machine's practical peak.
+
+With `--device gpu` (one CUDA GPU; jax and torch both with CUDA) every contender runs on the GPU: the JAX
+worker checks that jax's default backend is the GPU, `TorchStep(device="cuda")` holds the models, batches,
+optimiser state and everything the step creates on the GPU, and every timed block ends blocking on the
+results (`jax.block_until_ready`, `torch.cuda.synchronize()`). Thread counts mean nothing there, so there is
+one `torch_eager` (torch.set_num_threads(first --torch-threads count) for the host side), `torch_compile` with
+--compile, and with --cudnn-benchmark `torch_eager_cudnnbench` (torch.backends.cudnn.benchmark=True: cuDNN
+times its convolution algorithms at the first call of each shape, as XLA autotunes its own); no 1-thread or
+passive variants. The peak is `jnp_dot` and `torch_mm` on the GPU (no `np_matmul`, a CPU figure) in
+float32, but note that on recent NVIDIA GPUs float32 matmuls may run in TF32 depending on the framework's
+defaults: JAX runs at its default precision (jax_default_matmul_precision unset: XLA may use TF32 for
+float32 dots and convolutions), torch with torch.backends.cuda.matmul.allow_tf32 = False (strict float32
+matmuls, torch's default) and cuDNN's own default for convolutions (torch.backends.cudnn.allow_tf32, True
+by default); the settings are recorded in the result. XLA_PYTHON_CLIENT_PREALLOCATE=false (unless set) lets
+the main process and the workers share the GPU's memory. The equivalence check runs JAX on its CPU device
+either way (and PyTorch on the CPU): it checks the models, not the GPU's arithmetic. Results go to
+results/step-DATE-gpu.json, the device names into the result (`jax_worker.device_kind`,
+`torch_eager.device_name`, `machine.gpu`).
 
 FLOPs of the step come from XLA's cost analysis of the compiled step
 (`jit(step).lower(...).compile().cost_analysis()["flops"]`); the lowered
@@ -19,13 +42,15 @@ FLOPs of the step come from XLA's cost analysis of the compiled step
 student forward, from the lowered cost analysis of `model.apply` with impl
 "xla", where XLA counts a convolution as 2 x MACs) are reported beside it.
 
-    .venv/bin/python -m benchmarks.bench_step [--reps 5] [--block-s 2] [--compile] [--torch-threads 2,1]
-                                              [--no-xla] [--xla-flags onednn=--xla_cpu_experimental_onednn_custom_call=true]
+    .venv/bin/python -m benchmarks.bench_step [--reps 5] [--block-s 2] [--compile] [--torch-threads 2,1] [--omp-passive]
+                                              [--no-variants] [--xla-flags onednn=--xla_cpu_experimental_onednn_custom_call=true]
+    python -m benchmarks.bench_step --device gpu --batch 1024 --torch-threads 2 --reps 5 [--compile] [--cudnn-benchmark]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -48,13 +73,39 @@ def model_flops(batch: int) -> dict:
             model = build_model(name, 10)
             x = jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32)
             params = jax.eval_shape(model.init, jax.random.key(0), x)
-            cost = jax.jit(model.apply).lower(params, x).cost_analysis()
+            lowered = jax.jit(model.apply).lower(params, x)
+            cost = lowered.cost_analysis() or lowered.compile().cost_analysis()  # GPU: no lowered count
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             out[name] = float(cost["flops"])
     return out
 
 
-def _matmuls(kinds) -> dict:
+GPU_BACKENDS = ("gpu", "cuda")  # what jax.default_backend() calls a CUDA GPU
+
+
+def require_jax_gpu() -> str:
+    """The device kind of JAX's first device, or a RuntimeError that says why JAX is not running on a GPU."""
+    import jax
+
+    backend = jax.default_backend()
+    if backend not in GPU_BACKENDS:
+        raise RuntimeError(f"--device gpu: jax's default backend is {backend!r}, not a GPU (jax {jax.__version__}, "
+                           f"devices {jax.devices()}): install jax with CUDA (pip install 'jax[cuda12]') on a machine "
+                           f"with a visible NVIDIA GPU, or run with --device cpu")
+    return jax.devices()[0].device_kind
+
+
+def require_torch_cuda() -> str:
+    """torch.cuda.get_device_name(), or a RuntimeError that says why torch has no CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"--device gpu: torch.cuda.is_available() is False (torch {torch.__version__}, built for "
+                           f"CUDA {torch.version.cuda}): install torch with CUDA, or run with --no-torch")
+    return torch.cuda.get_device_name()
+
+
+def _matmuls(kinds, device: str = "cpu") -> dict:
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32) for _ in range(2))
     out = {}
@@ -81,48 +132,91 @@ def _matmuls(kinds) -> dict:
         import torch
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        if device == "gpu":
+            torch.backends.cuda.matmul.allow_tf32 = False  # strict float32 (torch's default)
+            ta, tb = ta.cuda(), tb.cuda()
 
         def torch_mm(n):
             for _ in range(n):
                 torch.mm(ta, tb)
+            if ta.is_cuda:
+                torch.cuda.synchronize()
 
         out["torch_mm"] = torch_mm
     return out
 
 
-def jax_worker(batch: int, impls=("matmul",)):
-    """(In its own process) ablate's step for each StdConv impl, plus jnp and numpy matmuls."""
+def jax_name(variant: str) -> str:
+    """Contender name of a JAX variant "IMPL[+GROUPNORM]": jax (ablate's default), jax_matmul, jax_flaxgn."""
+    return {"xla": "jax", "matmul": "jax_matmul", "xla+flax": "jax_flaxgn"}.get(
+        variant, "jax_" + variant.replace("+", "_"))
+
+
+def jax_worker(batch: int, impls=("xla",), device: str = "cpu"):
+    """(In its own process) ablate's step for each variant "IMPL[+GROUPNORM]", plus jnp and numpy matmuls
+    (jnp only on gpu)."""
     out, info = {}, {}
-    for impl in impls:
-        js = common.make_jax_step("funmatch", batch, impl=impl)
+    if device == "gpu":
+        import jax
+
+        info["device_kind"] = require_jax_gpu()
+        info["backend"] = jax.default_backend()
+        info["default_matmul_precision"] = str(jax.config.jax_default_matmul_precision)
+    for variant in impls:
+        impl, _, gn = variant.partition("+")
+        js = common.make_jax_step("funmatch", batch, impl=impl, groupnorm=gn or "ablate")
         t0 = time.perf_counter()
         js.run(1)
-        info[f"first_step_s/{impl}"] = time.perf_counter() - t0
-        out["jax" if impl == "matmul" else f"jax_{impl}"] = js.run
-    out.update(_matmuls(("jnp", "np")))
+        info[f"first_step_s/{variant}"] = time.perf_counter() - t0
+        out[jax_name(variant)] = js.run
+    out.update(_matmuls(("jnp",) if device == "gpu" else ("jnp", "np"), device))
     return out, info
 
 
-def torch_worker(batch: int, threads: int, compile: bool, teacher_params, student_params, matmul: bool):
-    """(In its own process) the PyTorch step with `threads` threads, eager or compiled, plus torch.mm."""
+def torch_worker(batch: int, threads: int, compile: bool, teacher_params, student_params, matmul: bool,
+                 device: str = "cpu", cudnn_benchmark: bool = False):
+    """(In its own process) the PyTorch step with `threads` threads, eager or compiled, plus torch.mm;
+    on device "gpu" all of it on cuda."""
     import torch
 
     from benchmarks import torch_models as tm
 
     torch.set_num_threads(threads)
+    gpu = {}
+    if device == "gpu":
+        gpu["device_name"] = require_torch_cuda()
+        torch.backends.cuda.matmul.allow_tf32 = False  # strict float32 matmuls (torch's default)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        gpu.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+                   cudnn_allow_tf32=torch.backends.cudnn.allow_tf32, cudnn_benchmark=torch.backends.cudnn.benchmark)
     batches = common.fashion_mnist_batches(batch, 4)
-    step = tm.TorchStep(batches, compile=compile, teacher_params=teacher_params, student_params=student_params)
+    step = tm.TorchStep(batches, compile=compile, teacher_params=teacher_params, student_params=student_params,
+                        device="cuda" if device == "gpu" else "cpu")
     t0 = time.perf_counter()
     step.run(2)
-    info = {"first_two_steps_s": time.perf_counter() - t0, "optimizer": step.opt.kind, "threads": threads}
+    info = {"first_two_steps_s": time.perf_counter() - t0, "optimizer": step.opt.kind, "threads": threads, **gpu}
     out = {"step": step.run}
     if matmul:
-        out.update(_matmuls(("torch",)))
+        out.update(_matmuls(("torch",), device))
     return out, info
 
 
 def equivalence(js: common.JaxStep) -> dict:
     """Same parameter counts; same logits, loss, gradients and one optimiser update given the same weights and input."""
+    import jax
+
+    # JAX on its CPU device even where the default device is a GPU (float32 without TF32, like PyTorch's CPU)
+    try:
+        cpu = jax.devices("cpu")[0]
+    except RuntimeError:  # no CPU backend (JAX_PLATFORMS=cuda): the default device at full float32 precision
+        with jax.default_matmul_precision("highest"):
+            return {**_equivalence(js, jax.devices()[0]), "jax_device": jax.devices()[0].device_kind}
+    with jax.default_device(cpu):
+        return _equivalence(js, cpu)
+
+
+def _equivalence(js, cpu) -> dict:
     import jax
     import jax.numpy as jnp
     import torch
@@ -136,7 +230,7 @@ def equivalence(js: common.JaxStep) -> dict:
     x0 = jnp.zeros((1, 28, 28, 1))
     s_model, t_model = build_model("resnet_s", 10), build_model("resnet_t", 10)
     s_params = common.randomise_head(s_model.init(jax.random.key(5), x0)["params"], 6)
-    t_params = js.teacher_params
+    t_params = jax.device_put(js.teacher_params, cpu)
     t_torch, s_torch = tm.resnet_t(), tm.resnet_s()
     out["params"] = {"resnet_t": {"flax": sum(a.size for a in jax.tree.leaves(t_params)), "torch": tm.num_params(t_torch)},
                      "resnet_s": {"flax": sum(a.size for a in jax.tree.leaves(s_params)), "torch": tm.num_params(s_torch)}}
@@ -144,7 +238,7 @@ def equivalence(js: common.JaxStep) -> dict:
     tm.load_flax_params(s_torch, s_params)
 
     # one mixed view of a real batch, rendered by both implementations from the same crop boxes
-    images = js.batches[0]["image"]
+    images = jax.device_put(js.batches[0]["image"], cpu)
     crops = views.inception_crop(jax.random.key(7), images.shape[0])
     coef = 0.7
     xj = views.mix(views.render(images, crops, 28), coef)
@@ -192,16 +286,34 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="alternating repetitions (default 5)")
     ap.add_argument("--block-s", type=float, default=2.0, help="seconds per timed block (default 2)")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=128, help="batch size of every step, JAX and PyTorch (default 128)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="where the steps and matmuls run (default cpu; gpu: one CUDA GPU, jax and torch with CUDA)")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="with --device gpu, also time torch_eager with torch.backends.cudnn.benchmark=True")
     ap.add_argument("--no-torch", action="store_true", help="JAX only")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (compiling takes 1-2 min here)")
     ap.add_argument("--torch-threads", default="2,1", help="eager PyTorch thread counts to time (default 2,1)")
-    ap.add_argument("--no-xla", action="store_true", help="skip the JAX step with StdConv impl='xla'")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="also time the 2-thread PyTorch contenders with OMP_WAIT_POLICY=PASSIVE")
+    ap.add_argument("--no-variants", action="store_true", help="time ablate's default JAX step only (no jax_matmul, jax_flaxgn)")
     ap.add_argument("--xla-flags", action="append", default=[], metavar="NAME=FLAGS",
                     help="also time the JAX step in a process with XLA_FLAGS=FLAGS (repeatable)")
     args = ap.parse_args(argv)
+    gpu = args.device == "gpu"
+    if gpu:  # this process and the workers (spawned with this environment) share the GPU's memory
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     import jax
+
+    if gpu:
+        try:
+            jax_device = require_jax_gpu()
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
+    elif jax.default_backend() != "cpu":
+        raise SystemExit(f"--device cpu, but jax's default backend is {jax.default_backend()!r}: "
+                         f"use --device gpu, or JAX_PLATFORMS=cpu")
 
     torch_ok = not args.no_torch
     if torch_ok:
@@ -210,9 +322,17 @@ def main(argv=None) -> dict:
         except ImportError:
             print("torch is not installed (python3 bootstrap.py bench installs it): JAX only")
             torch_ok = False
+    if torch_ok and gpu:
+        try:
+            require_torch_cuda()
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
 
     result: dict = {"config": vars(args)}
-    print(f"ablate's funmatch step, batch {args.batch}: cost analysis and equivalence (in this process)")
+    where = f", on {jax_device}" if gpu else ""
+    if gpu:
+        result["jax_device_kind"] = jax_device
+    print(f"ablate's funmatch step, batch {args.batch}{where}: cost analysis and equivalence (in this process)")
     js = common.make_jax_step("funmatch", args.batch)
     t0 = time.perf_counter()
     cost = common.cost_flops(js.step, *js.args())
@@ -237,36 +357,54 @@ def main(argv=None) -> dict:
     print("starting the contenders' processes (each compiles or warms up its own step)")
     workers, contenders = [], {}
     try:
-        impls = ("matmul",) if args.no_xla else ("matmul", "xla")
-        w = common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch, impls=impls)
+        impls = ("xla",) if args.no_variants else ("xla", "matmul", "xla+flax")
+        w = common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch, impls=impls,
+                                     device=args.device)
         workers.append(w)
         contenders.update(w.runners())
         result["jax_worker"] = w.info
         for spec in args.xla_flags:
             name, _, flags = spec.partition("=")
             w = common.ProcessContenders("benchmarks.bench_step:jax_worker", env={"XLA_FLAGS": flags},
-                                         batch=args.batch, impls=impls)
+                                         batch=args.batch, impls=impls, device=args.device)
             workers.append(w)
             result[f"jax_worker/{name}"] = {**w.info, "XLA_FLAGS": flags}
             contenders.update({f"{k}/{name}": run for k, run in w.runners().items() if k.startswith("jax")})
         if torch_ok:
-            variants = []
-            for threads in (int(t) for t in args.torch_threads.split(",") if t):
-                variants.append(("torch_eager" if threads == 2 else f"torch_eager_{threads}thread", threads, False))
-            if args.compile:
-                variants.append(("torch_compile", 2, True))
-            for name, threads, comp in variants:
+            variants = []  # (name, threads, compile, env, cudnn_benchmark)
+            if gpu:  # threads only serve the host side: one eager contender (and compiled, cuDNN-benchmarked)
+                threads = int(args.torch_threads.split(",")[0] or 2)
+                variants.append(("torch_eager", threads, False, {}, False))
+                if args.cudnn_benchmark:
+                    variants.append(("torch_eager_cudnnbench", threads, False, {}, True))
+                if args.compile:
+                    variants.append(("torch_compile", threads, True, {}, False))
+                if args.omp_passive:
+                    print("  --omp-passive means nothing with --device gpu: ignored")
+            else:
+                for threads in (int(t) for t in args.torch_threads.split(",") if t):
+                    variants.append(("torch_eager" if threads == 2 else f"torch_eager_{threads}thread", threads, False,
+                                     {}, False))
+                if args.compile:
+                    variants.append(("torch_compile", 2, True, {}, False))
+                if args.omp_passive:
+                    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+                    variants += [(f"{name}_passive", threads, comp, passive, False)
+                                 for name, threads, comp, _, _ in list(variants) if threads > 1]
+            for name, threads, comp, env, cudnn_bench in variants:
                 try:
-                    w = common.ProcessContenders("benchmarks.bench_step:torch_worker", batch=args.batch,
+                    w = common.ProcessContenders("benchmarks.bench_step:torch_worker", env=env, batch=args.batch,
                                                  threads=threads, compile=comp, teacher_params=t_params,
-                                                 student_params=s_params, matmul=name == variants[0][0])
+                                                 student_params=s_params, matmul=name == variants[0][0],
+                                                 device=args.device, cudnn_benchmark=cudnn_bench)
                 except RuntimeError as e:
                     result[f"{name}_error"] = str(e)[-800:]
                     print(f"  {name} failed: {str(e).strip().splitlines()[-1]}")
                     continue
                 workers.append(w)
                 result[name] = w.info
-                print(f"  {name}: first two steps {w.info['first_two_steps_s']:.0f} s")
+                on = f" on {w.info['device_name']}" if "device_name" in w.info else ""
+                print(f"  {name}{on}: first two steps {w.info['first_two_steps_s']:.0f} s")
                 for k, run in w.runners().items():
                     contenders[name if k == "step" else k] = run
         print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
@@ -280,10 +418,10 @@ def main(argv=None) -> dict:
     best_peak = [max(vals) for vals in zip(*peak.values())]
     steps = [k for k in times if k.startswith(("jax", "torch_eager", "torch_compile"))]
     flops = cost["compiled_flops"]
-    jax_names = [k for k in ("jax", "jax_xla") if k in times]
+    jax_names = [k for k in ("jax", "jax_matmul", "jax_flaxgn") if k in times]
     summary = {"images_per_s": {k: common.spread([args.batch / t for t in times[k]]) for k in steps},
                "peak_gflops": {k: common.spread(v) for k, v in peak.items()},
-               # achieved rates use the FLOPs of the matmul program's cost analysis for every JAX variant
+               # achieved rates use the FLOPs of the default program's cost analysis for every JAX variant
                "gflops_xla_count": {k: common.spread([flops / t / 1e9 for t in times[k]]) for k in jax_names},
                "gflops_model_count": {k: common.spread([cost["model_flops"] / t / 1e9 for t in times[k]])
                                       for k in jax_names},
@@ -305,7 +443,7 @@ def main(argv=None) -> dict:
     for j in jax_names:
         for k, v in summary["time_over"][j].items():
             print(f"  time {k} / time {j}: {common.fmt(v)}")
-    common.save("step", result)
+    common.save("step", result, tag="gpu" if gpu else "")
     return result
 
 

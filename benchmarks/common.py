@@ -22,6 +22,7 @@ import time
 from typing import Callable
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None  # the machine's load when this process began
 
 
 # ----------------------------------------------------------------------------- timing
@@ -89,10 +90,13 @@ def machine() -> dict:
         pass
     info = {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
     with contextlib.suppress(OSError):
-        info["loadavg"] = list(os.getloadavg())
+        info["loadavg_at_start"] = list(LOAD_AT_START) if LOAD_AT_START else None
+        info["loadavg_at_end"] = list(os.getloadavg())
     import jax
 
     info["jax"] = jax.__version__
+    if jax.default_backend() in ("gpu", "cuda"):  # absent on CPU-only machines (and jax builds)
+        info["gpu"] = gpu_info()
     from importlib import metadata
 
     with contextlib.suppress(metadata.PackageNotFoundError):
@@ -100,10 +104,29 @@ def machine() -> dict:
     return info
 
 
-def save(name: str, payload: dict) -> pathlib.Path:
-    """Write results/NAME-YYYY-MM-DD.json (a rerun on the same day replaces it)."""
+def gpu_info() -> dict:
+    """The GPU(s) JAX runs on (device kind, count), with nvidia-smi's name, driver and memory when it answers."""
+    import jax
+
+    devs = jax.devices()
+    info = {"jax_device_kind": devs[0].device_kind, "count": len(devs)}
+    with contextlib.suppress(Exception):
+        info["platform_version"] = devs[0].client.platform_version
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True, timeout=20).stdout
+        info["nvidia_smi"] = [line.strip() for line in out.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def save(name: str, payload: dict, tag: str = "") -> pathlib.Path:
+    """Write results/NAME-YYYY-MM-DD[-TAG][-ENVTAG].json, ENVTAG from $ABLATE_BENCH_TAG (a rerun on the same day
+    replaces it); `tag` is the benchmark's own (e.g. "gpu")."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-{datetime.date.today().isoformat()}.json"
+    tags = "".join(f"-{t}" for t in (tag, os.environ.get("ABLATE_BENCH_TAG", "")) if t)
+    path = RESULTS / f"{name}-{datetime.date.today().isoformat()}{tags}.json"
     payload = {"benchmark": name, "date": datetime.datetime.now().isoformat(timespec="seconds"),
                "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=1, sort_keys=False, default=_jsonable) + "\n")
@@ -120,30 +143,11 @@ def _jsonable(x):
 
 # ----------------------------------------------------------------------------- the JAX step
 
-@contextlib.contextmanager
 def conv_impl(impl: str):
-    """Build ablate's ResNets with StdConv(impl=...) ("matmul" or "xla") while tracing inside this block.
+    """Build ablate's ResNets with StdConv impl ("xla" or "matmul") while tracing inside this block."""
+    from ablate.models.resnet import conv_impl as impl_block
 
-    The package has no switch for it on the model presets, so this swaps the
-    StdConv class that `ablate.models.resnet` looks up by name for a subclass
-    with another default; parameter names and shapes are unchanged.
-    """
-    from ablate.models import resnet
-
-    original = resnet.StdConv
-    if impl == original.impl:
-        yield
-        return
-    wanted = impl
-
-    class StdConv(original):
-        impl: str = wanted
-
-    resnet.StdConv = StdConv
-    try:
-        yield
-    finally:
-        resnet.StdConv = original
+    return impl_block(impl)
 
 
 @dataclasses.dataclass
@@ -198,12 +202,14 @@ def _fashion_mnist():
     return load_dataset("fashion_mnist")
 
 
-def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "matmul",
+def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "xla",
                   student: str = "resnet_s", teacher: str = "resnet_t", num_batches: int = 4,
-                  total_steps: int = 10_000, seed: int = 0) -> JaxStep:
+                  total_steps: int = 10_000, seed: int = 0, groupnorm: str = "ablate") -> JaxStep:
     """ablate's own step (`ablate.train.make_train_step` + `optim.paper_optimizer`), jitted with donation as in
     `ablate.train.train`, on real Fashion-MNIST batches already on the device. The teacher has random weights
-    (its head too, so its logits are not all zero): throughput does not depend on what it learnt."""
+    (its head too, so its logits are not all zero): throughput does not depend on what it learnt.
+    `impl` picks StdConv's implementation and `groupnorm` a GroupNorm variant of `bench_groupnorm` ("ablate" is
+    ablate's own), both swapped in while the models are traced; parameter trees are unchanged."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -217,7 +223,7 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
     pol = POLICIES.get(policy)
     x = jnp.zeros((1, 28, 28, 1))
-    with conv_impl(impl):
+    with _variants(impl, groupnorm):
         s_model, t_model = build_model(student, 10), build_model(teacher, 10)
         params = s_model.init(jax.random.key(seed), x)["params"]
         t_params = None
@@ -226,7 +232,7 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
             t_params = randomise_head(t_params, seed + 2)
         opt = optim.paper_optimizer(cfg.lr, cfg.wd, total_steps, round(cfg.warmup_frac * total_steps), cfg.clip)
         fn = _traced_under(make_train_step(cfg, s_model, t_model if pol.runs_teacher else None, opt, 10, 28, 28),
-                           impl)  # conv_impl only matters while jax traces the step
+                           impl, groupnorm)  # the variants only matter while jax traces the step
         step = jax.jit(fn, donate_argnums=(0,))
     state = TrainState(params, opt.init(params), jnp.int32(0))
     targets = None
@@ -236,11 +242,24 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     return JaxStep(step, state, t_params, targets, batches, jax.random.key(seed), cfg, fn)
 
 
-def _traced_under(fn, impl):
-    """`fn` that re-enters conv_impl(impl) whenever jax traces it (tracing happens at the first call)."""
+@contextlib.contextmanager
+def _variants(impl: str, groupnorm: str = "ablate"):
+    with conv_impl(impl):
+        if groupnorm == "ablate":
+            yield
+            return
+        from benchmarks.bench_groupnorm import variant
+
+        with variant(groupnorm):
+            yield
+
+
+def _traced_under(fn, impl, groupnorm: str = "ablate"):
+    """`fn` that re-enters the model variants whenever jax traces it (tracing happens at the first call)."""
+
     @functools.wraps(fn)
     def wrapped(*a, **k):
-        with conv_impl(impl):
+        with _variants(impl, groupnorm):
             return fn(*a, **k)
 
     return wrapped
@@ -261,10 +280,9 @@ def cost_flops(jitted, *args) -> dict:
     """FLOPs of one call from XLA's cost analysis: of the compiled program (what runs) and of the lowered
     (pre-optimisation) HLO."""
     lowered = jitted.lower(*args)
-    pre = lowered.cost_analysis()
-    post = lowered.compile().cost_analysis()
-    pre = pre[0] if isinstance(pre, (list, tuple)) else pre
-    post = post[0] if isinstance(post, (list, tuple)) else post
+    pre, post = lowered.cost_analysis(), lowered.compile().cost_analysis()
+    pre = (pre[0] if isinstance(pre, (list, tuple)) else pre) or {}  # None on GPU backends: no lowered count
+    post = (post[0] if isinstance(post, (list, tuple)) else post) or {}
     return {"compiled_flops": float(post.get("flops", 0.0)), "lowered_flops": float(pre.get("flops", 0.0)),
             "compiled_bytes_accessed": float(post.get("bytes accessed", 0.0))}
 

@@ -96,7 +96,7 @@ def damaged_files(store: pathlib.Path) -> list[str]:
         try:
             json.loads(path.read_text())
         except (OSError, ValueError):
-            bad.append(str(path))
+            bad.append(str(path.relative_to(store)))
     return bad
 
 
@@ -183,10 +183,12 @@ def main(argv=None) -> int:
                + f", {sum(r['killed'] for r in rounds)}/{args.kills} rounds killed (seed {seed}), "
                f"final run rc={rc} in {final_s:.0f} s: {result['done']}/{len(expected)} cells done, "
                f"{len(result['lost'])} lost, {duplicated} duplicated, {damaged} damaged, {resumes} resumes "
-               f"from a checkpoint; store {store}")
+               f"from a checkpoint; store {store.name}")
+    # the JSON names no path of this machine: the store and the executable by their last component only
+    shown_cmd = [pathlib.Path(c).name if os.sep in c else c for c in cmd]
     payload = {"study": args.study, "preset": args.preset, "kills": args.kills, "seed": seed,
-               "delays_s": [args.min_delay, args.max_delay], "wandb": args.wandb, "store": str(store),
-               "command": cmd, "ok": ok, "final_rc": rc, "final_s": final_s, "total_s": time.time() - t_start,
+               "delays_s": [args.min_delay, args.max_delay], "wandb": args.wandb, "store": store.name,
+               "command": shown_cmd, "ok": ok, "final_rc": rc, "final_s": final_s, "total_s": time.time() - t_start,
                "lost": len(result["lost"]), "duplicated": duplicated, "damaged": damaged, "resumes": resumes,
                "rounds": rounds, "check": result, "summary": summary}
     print(summary)

@@ -1,6 +1,6 @@
 """Run the whole benchmark suite with its short default settings; each benchmark writes results/NAME-DATE.json.
 
-    .venv/bin/python -m benchmarks.run_all [--only step,fixed,...] [--skip seeds] [--torch-compile]
+    .venv/bin/python -m benchmarks.run_all [--only step,fixed,...] [--skip seeds] [--torch-compile] [--tag TAG]
 
 The benchmarks run one after another, each in a fresh process (so one's
 threads, caches and memory never touch the next one's figures). See
@@ -10,6 +10,7 @@ benchmarks/README.md for what each measures.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import subprocess
 import sys
@@ -19,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # name -> (module, default arguments)
 SUITE = {
-    "step": ("benchmarks.bench_step", []),
+    "step": ("benchmarks.bench_step", ["--omp-passive"]),
     "breakdown": ("benchmarks.bench_breakdown", []),
     "groupnorm": ("benchmarks.bench_groupnorm", []),
     "fixed": ("benchmarks.bench_fixed", []),
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SUITE)}")
     ap.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile in the step benchmark")
+    ap.add_argument("--tag", default="", help="suffix for the result files (NAME-DATE-TAG.json), e.g. 'loaded'")
     args = ap.parse_args(argv)
     names = [n for n in (args.only.split(",") if args.only else SUITE) if n and n not in args.skip.split(",")]
     unknown = [n for n in names if n not in SUITE]
@@ -46,7 +48,8 @@ def main(argv=None) -> int:
             extra = [*extra, "--compile"]
         print(f"\n===== {name}: python -m {module} {' '.join(extra)}", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.call([sys.executable, "-m", module, *extra], cwd=ROOT)
+        env = {**os.environ, "ABLATE_BENCH_TAG": args.tag} if args.tag else None
+        rc = subprocess.call([sys.executable, "-m", module, *extra], cwd=ROOT, env=env)
         print(f"===== {name}: exit code {rc}, {time.perf_counter() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)

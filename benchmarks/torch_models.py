@@ -21,6 +21,8 @@ Written for `bench_step` only; nothing in ablate imports it. It mirrors, piece b
   multiplies its decay by lr_t, giving s(t) * wd); s(t) linear warmup then cosine.
 
 Images are NCHW tensors in channels_last memory format (PyTorch's fast layout on CPU).
+`TorchStep(..., device="cuda")` puts the models, the batches, the optimiser state and every tensor the
+step creates (crop boxes and flips, interpolation matrices, the mixup coefficient) on that device.
 """
 
 from __future__ import annotations
@@ -161,9 +163,9 @@ def load_flax_params(model: ResNetV2, params) -> None:
 
 # ----------------------------------------------------------------------------- views
 
-def inception_crop(n: int, min_area: float = 0.25, aspect=(3 / 4, 4 / 3)):
+def inception_crop(n: int, min_area: float = 0.25, aspect=(3 / 4, 4 / 3), device=None):
     """(boxes (n, 4) as y0, x0, h, w in [0, 1]; flips (n,) bool), distributed as `ablate.views.inception_crop`."""
-    u = torch.rand(5, n)
+    u = torch.rand(5, n, device=device)
     area = min_area + (1.0 - min_area) * u[0]
     lo, hi = math.log(aspect[0]), math.log(aspect[1])
     ratio = torch.exp(lo + (hi - lo) * u[1])
@@ -175,9 +177,9 @@ def inception_crop(n: int, min_area: float = 0.25, aspect=(3 / 4, 4 / 3)):
 
 def _interpolation(start, size, in_len: int, out_len: int):
     step = size * (in_len / out_len)
-    coords = start[:, None] * in_len + (torch.arange(out_len) + 0.5) * step[:, None] - 0.5
+    coords = start[:, None] * in_len + (torch.arange(out_len, device=start.device) + 0.5) * step[:, None] - 0.5
     coords = coords.clamp(0.0, in_len - 1.0)
-    return torch.relu(1.0 - (coords[..., None] - torch.arange(in_len)).abs())
+    return torch.relu(1.0 - (coords[..., None] - torch.arange(in_len, device=start.device)).abs())
 
 
 def render(images_u8, boxes, flips, resolution: int):
@@ -197,6 +199,15 @@ def mixup_coefficient(p: float) -> float:
         return 1.0
     a = float(torch.distributions.Beta(p, p).sample())
     return max(a, 1.0 - a)
+
+
+def mixup_coefficient_on(p: float, device):
+    """As `mixup_coefficient`, as a 0-d tensor drawn on `device` (no blocking host-to-device copy per step)."""
+    if p <= 0:
+        return torch.ones((), device=device)
+    conc = torch.full((), float(p), device=device)
+    a = torch.distributions.Beta(conc, conc, validate_args=False).sample()  # validation would sync with the host
+    return torch.maximum(a, 1.0 - a)
 
 
 def mix(x, coef: float):
@@ -257,22 +268,27 @@ def _is_kernel(name: str) -> bool:
 class TorchStep:
     """funmatch: one inception crop + mixup shared by teacher and student, teacher forward, student
     forward/backward, KL at T=1, the paper's optimiser. `compile=True` runs the forward/loss through
-    torch.compile (the optimiser stays eager: it is one fused kernel already)."""
+    torch.compile (the optimiser stays eager: it is one fused kernel already). `device` ("cpu" or "cuda")
+    holds the models, the batches, the optimiser state and everything the step creates; on cuda every
+    `run(n)` ends with torch.cuda.synchronize()."""
 
     def __init__(self, batches_u8_nhwc, lr=3e-3, wd=1e-4, total_steps=10_000, warmup_frac=0.05,
                  mixup_p=1.0, min_area=0.25, resolution=28, compile: bool = False, teacher_params=None,
-                 student_params=None, seed: int = 0):
+                 student_params=None, seed: int = 0, device="cpu"):
         torch.manual_seed(seed)
+        self.device = torch.device(device)
         self.teacher, self.student = resnet_t(), resnet_s()
         if teacher_params is not None:
             load_flax_params(self.teacher, teacher_params)
         if student_params is not None:
             load_flax_params(self.student, student_params)
         self.teacher.eval().requires_grad_(False)
-        self.teacher = self.teacher.to(memory_format=torch.channels_last)
-        self.student = self.student.to(memory_format=torch.channels_last)
+        self.teacher = self.teacher.to(self.device, memory_format=torch.channels_last)
+        self.student = self.student.to(self.device, memory_format=torch.channels_last)
+        # after the move: the optimiser's parameters (and so its state, created at the first step) are on device
         self.opt = PaperOptimizer(self.student, lr, wd, total_steps, round(warmup_frac * total_steps))
-        self.batches = [torch.from_numpy(np.array(b["image"])).permute(0, 3, 1, 2).contiguous() for b in batches_u8_nhwc]
+        self.batches = [torch.from_numpy(np.array(b["image"])).permute(0, 3, 1, 2).contiguous().to(self.device)
+                        for b in batches_u8_nhwc]
         self.mixup_p, self.min_area, self.resolution = mixup_p, min_area, resolution
         self.loss_fn = torch.compile(self._loss) if compile else self._loss
         self.i = 0
@@ -287,10 +303,15 @@ class TorchStep:
         loss = None
         for _ in range(n):
             images = self.batches[self.i % len(self.batches)]
-            boxes, flips = inception_crop(images.shape[0], self.min_area)
-            coef = torch.tensor(mixup_coefficient(self.mixup_p), dtype=torch.float32)
+            boxes, flips = inception_crop(images.shape[0], self.min_area, device=self.device)
+            if self.device.type == "cpu":
+                coef = torch.tensor(mixup_coefficient(self.mixup_p), dtype=torch.float32)
+            else:
+                coef = mixup_coefficient_on(self.mixup_p, self.device)
             loss = self.loss_fn(images, boxes, flips, coef)
             loss.backward()
             self.opt.step()
             self.i += 1
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return float(loss.detach())

@@ -12,7 +12,7 @@ STUDY = Study(
     axes=dict(policy=POLICIES),
     seeds=3,
     presets=dict(
-        quick=dict(epochs=60, seeds=1, num_evals=6),
+        quick=dict(epochs=500, subset_per_class=20, seeds=1, num_evals=3),
         full=dict(epochs=300, seeds=3),
     ),
     figures=("final", "loss_vs_acc", "curves"),

@@ -10,10 +10,10 @@ STUDY = Study(
                 variant("supervised", policy="supervised", loss="label_ce", teacher=None)],
         epochs=[10, 30, 100, 300],
     ),
-    seeds=2,
+    seeds=3,
     presets=dict(
-        quick=dict(epochs=[10, 30, 90], seeds=1, num_evals=5),
-        full=dict(epochs=[10, 30, 100, 300], seeds=2),
+        quick=dict(epochs=[50, 150, 500], subset_per_class=20, seeds=1, num_evals=3),
+        full=dict(epochs=[10, 30, 100, 300], seeds=3),
     ),
     x="epochs",
     hue="policy",

@@ -68,6 +68,23 @@ def test_batches_index_the_images_they_carry(fmnist):
     np.testing.assert_array_equal(np.asarray(again["index"]), seen[-40:])
 
 
+def test_batches_run_across_epoch_boundaries(fmnist):
+    """A batch size that does not divide the source: batches straddle epochs, each epoch is still a permutation."""
+    cfg = distill_cfg(subset_per_class=7, batch_size=32, epochs=4, policy="fix/rs")
+    source = student_source(cfg, fmnist)
+    total = num_steps(cfg, len(source))
+    ds = batches(source, cfg, total)
+    seen = np.concatenate([np.asarray(ds[k]["index"]) for k in range(total)])
+    whole = len(seen) // len(source)
+    assert whole >= 3 and len(seen) % len(source)  # the last batch ends inside an epoch
+    for epoch in seen[:whole * len(source)].reshape(whole, len(source)):
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(len(source)))
+    other_seed = batches(source, dataclasses.replace(cfg, seed=cfg.seed + 1), total)
+    assert not np.array_equal(np.asarray(other_seed[0]["index"]), seen[:32])
+    halves = batches(source, cfg, total, rows=slice(16, 32))  # a second host's rows of the same global batch
+    np.testing.assert_array_equal(np.asarray(halves[2]["index"]), seen[2 * 32 + 16:3 * 32])
+
+
 def test_fixed_rs_targets_are_the_teacher_on_the_rs_view_and_cached(teacher, fmnist):
     """teacher_logits(rs) equals predict on the rs view exactly, is written to the cache, and is read back from it."""
     source = fmnist.train.take(np.arange(300))
