@@ -100,6 +100,7 @@ def test_report_renders_figures_and_tables(tiny_run):
     assert main(["report", study, "--store", str(store), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "3 of 3 runs finished" in text
+    assert "Made by `ablate run tiny` (the runs) and `ablate report tiny` (this page)" in text
     for policy in ("funmatch", "fix/rs", "supervised"):
         assert f"| {policy} | 1 |" in text
     for fig in ("final", "loss_vs_acc", "curves"):
