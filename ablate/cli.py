@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--preset", default=None)
     rep.add_argument("--store", default=None)
     rep.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
-    rep.add_argument("--out", default=None, help="output folder (default: reports/STUDY)")
+    rep.add_argument("--out", default=None, help="output folder (default: reports/STUDY/PRESET, or reports/STUDY/default)")
 
     f = sub.add_parser("findings", help="test the paper's findings 1-8 against logged runs; writes a markdown table")
     f.add_argument("--preset", default="full")

@@ -151,7 +151,7 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     matplotlib.use("Agg")
     store = store or RunStore(paths.store_dir())
     runs, hist, grid = study_frames(study, preset, source, store)
-    out = pathlib.Path(out_dir) if out_dir else paths.reports_dir() / study.name
+    out = pathlib.Path(out_dir) if out_dir else paths.reports_dir() / study.name / (preset or "default")
     out.mkdir(parents=True, exist_ok=True)
     s = study.resolve(preset)
     axes = [k for k in list(s.axes) + [k for z in s.zipped for k in z] if k != "seed"]
