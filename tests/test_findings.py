@@ -1,0 +1,62 @@
+"""The reproduction table's verdicts follow from the numbers they are given (synthetic run frames)."""
+
+import pandas as pd
+
+from ablate import findings
+
+
+def frame(rows):
+    """Runs as `findings` reads them: one row per finished run."""
+    return pd.DataFrame([dict(zip(("policy", "epochs", "seed", "last/test/acc", "last/train/loss"), r)) for r in rows])
+
+
+def patience_runs(fix_rs, fix_ens, funmatch, same_ic, loss_rs=0.001, loss_ens=0.1):
+    """Two seeds per (policy, epochs) around the given mean accuracies at 100 and 300 epochs."""
+    rows = []
+    for policy, accs, loss in (("fix/rs", fix_rs, loss_rs), ("fix/ic_ens", fix_ens, loss_ens),
+                               ("funmatch", funmatch, 0.15), ("same/ic", same_ic, 0.1)):
+        for epochs, acc in zip((100, 300), accs):
+            rows += [(policy, epochs, s, acc + d, loss) for s, d in ((0, -0.001), (1, 0.001))]
+    return frame(rows)
+
+
+def test_finding1_order_and_separation():
+    rows = []
+    for policy, acc in (("fix/rs", 0.76), ("fix/ic_ens", 0.80), ("ind/ic", 0.81), ("same/ic", 0.82), ("funmatch", 0.83)):
+        rows += [(policy, 300, s, acc + d, 0.1) for s, d in ((0, -0.002), (1, 0.0), (2, 0.002))]
+    text, verdict = findings.finding1(frame(rows))
+    assert verdict == "holds" and "funmatch (best: funmatch) 83.00" in text
+    swapped = frame([(p, e, s, a - 0.02 if p == "ind/ic" else a, l) for p, e, s, a, l in rows])
+    assert findings.finding1(swapped)[1].startswith("partly: order is funmatch > consistent > fixed > independent")
+
+
+def test_finding2_needs_every_fixed_policy_to_stall():
+    both_stall = patience_runs(fix_rs=(0.75, 0.755), fix_ens=(0.80, 0.805), funmatch=(0.75, 0.83), same_ic=(0.76, 0.83))
+    assert findings.finding2(both_stall)[1] == "holds"
+    one_rises = patience_runs(fix_rs=(0.75, 0.755), fix_ens=(0.75, 0.81), funmatch=(0.75, 0.83), same_ic=(0.76, 0.83))
+    text, verdict = findings.finding2(one_rises)
+    assert verdict == "partly" and "stalled (gain < a quarter of funmatch's): fix/rs" in text
+    fixed_not_lowest = patience_runs(fix_rs=(0.75, 0.80), fix_ens=(0.75, 0.81), funmatch=(0.75, 0.83),
+                                     same_ic=(0.76, 0.83), loss_rs=0.5, loss_ens=0.5)
+    assert findings.finding2(fixed_not_lowest)[1] == "does not hold"
+
+
+def test_finding4_trailing_at_a_shorter_schedule_then_catching_up():
+    rows = []
+    for policy, accs in (("funmatch", (0.40, 0.70, 0.84)), ("same/ic", (0.38, 0.72, 0.83)), ("fix/rs", (0.45, 0.74, 0.76))):
+        for epochs, acc in zip((10, 100, 300), accs):
+            rows.append((policy, epochs, 0, acc, 0.1))
+    text, verdict = findings.finding4(frame(rows))
+    assert verdict == "holds" and "100: -2.00" in text
+    never_trails = frame([(p, e, s, a + (0.05 if p == "funmatch" else 0), l) for p, e, s, a, l in rows])
+    assert findings.finding4(never_trails)[1] == "partly"  # rankings still change, but funmatch never trails
+
+
+def test_finding3_gap_closed_against_label_only_and_teacher():
+    rows = [("funmatch", e, 0, a, 0.1) for e, a in ((30, 0.5), (100, 0.75), (300, 0.88))]
+    rows += [("supervised", e, 0, a, 0.3) for e, a in ((30, 0.45), (100, 0.74), (300, 0.79))]
+    runs = frame(rows).assign(**{"teacher/test/acc": 0.91})
+    text, verdict = findings.finding3(runs)
+    assert verdict == "holds" and "gap closed 75%" in text
+    runs.loc[(runs.policy == "funmatch") & (runs.epochs == 300), "last/test/acc"] = 0.81
+    assert findings.finding3(runs)[1] == "partly"  # still rising, but closes only 17% of the gap
