@@ -126,14 +126,31 @@ def _two_group(runs, col, good, bad, claim_holds):
 
 
 def finding6(runs):
-    """Out-of-domain images still distil to a useful degree; in-domain is best."""
-    return _two_group(runs, "dataset", "fashion_mnist", "fashion_mnist_ood",
-                      lambda d, s: d > 0 and s.loc["fashion_mnist_ood", "mean"] > 0.3)
+    """Out-of-domain images still distil to a useful degree; in-domain is best.
+
+    "Useful" means knowledge of classes the student never saw an image of: its
+    accuracy must clearly exceed the share of test images whose class is in its
+    training data (Fashion-MNIST's test split is balanced, so 4 of 10 classes = 40%).
+    """
+    from ablate.data.fashion_mnist import OOD_CLASSES
+
+    seen = len(OOD_CLASSES) / 10
+    text, in_domain_best = _two_group(runs, "dataset", "fashion_mnist", "fashion_mnist_ood", lambda d, s: d > 0)
+    if in_domain_best == "not tested":
+        return text, in_domain_best
+    useful = _stats(runs, ["dataset"]).loc["fashion_mnist_ood", "mean"] > seen + 0.05
+    text += f"; {100 * seen:.0f}% of test images are of the classes the out-of-domain student saw"
+    if in_domain_best == "holds":
+        return text, ("holds" if useful else
+                      "partly: in-domain is best; out-of-domain accuracy is not above the share of seen classes")
+    return text, "does not hold"
 
 
 def finding7(runs):
     """Pretrained student initialisation helps short schedules and matters little at long ones."""
-    runs = runs.assign(init_from=runs["init"].notna().map({True: "supervised", False: "scratch"}))
+    # `init` holds the study's variant labels (scratch / supervised), or the source run id and None in raw frames
+    runs = runs.assign(init_from=runs["init"].map(lambda v: "scratch" if pd.isna(v) or v == "scratch"
+                                                  else "supervised"))
     acc = _stats(runs, ["init_from", "epochs"])["mean"].unstack("epochs")
     if acc.shape[0] < 2 or acc.shape[1] < 2:
         return "missing runs", "not tested"
@@ -147,9 +164,12 @@ def finding8(runs):
     s = _stats(runs, ["mixup_p"])
     if len(s) < 2:
         return "missing runs", "not tested"
-    best = s["mean"].idxmax()
-    return (", ".join(f"p={p:g}: {100 * r['mean']:.2f}" for p, r in s.iterrows()),
-            "holds" if best == s.index.max() else f"does not hold (best p={best:g})")
+    best, spread = s["mean"].idxmax(), s["std"].max()
+    within = s["mean"].max() - s["mean"].min() <= spread  # every p within one seed spread of every other
+    text = ", ".join(f"p={p:g}: {_pm(r)}" for p, r in s.iterrows())
+    if within:
+        return text + f"; all within the seed spread ({100 * spread:.2f})", "does not hold (no p is better)"
+    return text, "holds" if best == s.index.max() else f"does not hold (best p={best:g})"
 
 
 FINDINGS = [

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ablate import paths
 from ablate.store import RunStore
-from ablate.study import Study, cells
+from ablate.study import Study, Variant, cells
 
 TABLE_METRICS = ("best/test/acc", "last/test/acc", "last/test/agree_top1", "last/test/kl", "last/train/loss",
                  "best/val/acc")
@@ -52,6 +52,14 @@ def study_frames(study: Study, preset: str | None, source: str, store: RunStore)
         runs, hist = _wandb_runs(source[len("wandb:"):], study.name)
         runs = runs[runs.run_id.isin(ids)]
         hist = hist[hist.run_id.isin(ids)] if len(hist) else hist
+    # an axis of variants (`data=[variant("in-domain", ...), ...]`, `init=[variant("scratch", init=None), ...]`)
+    # is shown by its labels, whether or not the axis is also a config field
+    s = study.resolve(preset)
+    labelled = [k for k, vals in s.axes.items() if any(isinstance(v, Variant) for v in vals)]
+    labelled += [k for z in s.zipped for k, vals in z.items() if any(isinstance(v, Variant) for v in vals)]
+    if len(runs):
+        for axis in labelled:
+            runs[axis] = runs["run_id"].map({c.run_id: c.point.get(axis) for c in grid})
     return runs, hist, grid
 
 

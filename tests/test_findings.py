@@ -60,3 +60,34 @@ def test_finding3_gap_closed_against_label_only_and_teacher():
     assert verdict == "holds" and "gap closed 75%" in text
     runs.loc[(runs.policy == "funmatch") & (runs.epochs == 300), "last/test/acc"] = 0.81
     assert findings.finding3(runs)[1] == "partly"  # still rising, but closes only 17% of the gap
+
+
+def test_finding8_needs_the_strongest_mixup_to_win_beyond_noise():
+    rows = [(None, 300, s, a + d, 0.1, p) for p, a in ((0.0, 0.80), (0.5, 0.82), (1.0, 0.84))
+            for s, d in ((0, -0.002), (1, 0.002))]
+    runs = pd.DataFrame(rows, columns=["policy", "epochs", "seed", "last/test/acc", "last/train/loss", "mixup_p"])
+    assert findings.finding8(runs)[1] == "holds"
+    runs["last/test/acc"] = [0.834, 0.830, 0.835, 0.831, 0.833, 0.829]  # 0.5 ahead, but only by noise
+    text, verdict = findings.finding8(runs)
+    assert verdict == "does not hold (no p is better)" and "within the seed spread" in text
+
+
+def test_finding6_counts_only_what_transfers_to_unseen_classes():
+    def runs(ood_acc):
+        rows = [("fashion_mnist", 0.86), ("fashion_mnist", 0.87), ("fashion_mnist_ood", ood_acc),
+                ("fashion_mnist_ood", ood_acc + 0.01)]
+        return pd.DataFrame(rows, columns=["dataset", "last/test/acc"])
+
+    assert findings.finding6(runs(0.62))[1] == "holds"  # well above the 40% of test images of seen classes
+    text, verdict = findings.finding6(runs(0.40))
+    assert verdict.startswith("partly: in-domain is best") and "40% of test images" in text
+
+
+def test_finding7_from_labels_or_run_ids():
+    rows = [(init, e, a) for init, accs in (("scratch", (0.50, 0.84)), ("supervised", (0.75, 0.845)))
+            for e, a in zip((30, 300), accs)]
+    labelled = pd.DataFrame(rows, columns=["init", "epochs", "last/test/acc"])
+    text, verdict = findings.finding7(labelled)
+    assert verdict == "holds" and "30: +25.00" in text and "300: +0.50" in text
+    raw = labelled.assign(init=labelled["init"].map({"scratch": None, "supervised": "546042862542"}))
+    assert findings.finding7(raw) == (text, verdict)
