@@ -168,11 +168,12 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
 
     lines = [f"# Study `{study.name}`" + (f" (preset `{preset}`)" if preset else ""), "", f"> {study.question}", ""]
     n_done = int((runs.status == "done").sum()) if len(runs) else 0
-    flags = (f" --preset {preset}" if preset else "") + (f" --source {source}" if source != "local" else "")
+    run_flags = f" --preset {preset}" if preset else ""
+    report_flags = run_flags + (f" --source {source}" if source != "local" else "")
     lines += [f"{n_done} of {len(grid)} runs finished; rendered {time.strftime('%Y-%m-%d %H:%M')} "
               f"from `{source}`.", "",
-              f"Made by `ablate run {study.name}{flags.replace(f' --source {source}', '')}` (the runs) and "
-              f"`ablate report {study.name}{flags}` (this page).", ""]
+              f"Made by `ablate run {study.name}{run_flags}` (the runs) and "
+              f"`ablate report {study.name}{report_flags}` (this page).", ""]
     if n_done:
         teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
         if len(teacher_acc):
