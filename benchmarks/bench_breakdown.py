@@ -16,7 +16,6 @@ teacher on one impl and the student on the other is timed too (`--mixed`).
 
 from __future__ import annotations
 
-import argparse
 
 from benchmarks import common
 
@@ -28,7 +27,9 @@ class _Impl:
         self.model, self.impl = model, impl
 
     def apply(self, *a, **k):
-        with common.conv_impl(self.impl):
+        from ablate.models.resnet import conv_impl
+
+        with conv_impl(self.impl):
             return self.model.apply(*a, **k)
 
 
@@ -110,11 +111,7 @@ def mixed_step(teacher_impl: str, student_impl: str, batch: int):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-s", type=float, default=1.0)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--impls", default="matmul,xla")
+    ap = common.parser(__doc__, block_s=1.0)
     ap.add_argument("--mixed", action="store_true", help="also time teacher/student on different impls")
     args = ap.parse_args(argv)
     impls = args.impls.split(",")

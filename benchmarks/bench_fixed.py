@@ -10,7 +10,6 @@ StdConv impl. Target: fixed <= 0.4x the on-the-fly step's time.
 
 from __future__ import annotations
 
-import argparse
 
 from benchmarks import common
 
@@ -18,11 +17,7 @@ TARGET = 0.4
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-s", type=float, default=1.5)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--impls", default="xla,matmul", help="StdConv impls to measure (default xla,matmul)")
+    ap = common.parser(__doc__, block_s=1.5)
     ap.add_argument("--fixed", default="fix/ic_ens", help="the fixed-teacher policy (default fix/ic_ens)")
     args = ap.parse_args(argv)
     impls = args.impls.split(",")

@@ -19,7 +19,6 @@ Timed alternately; figure: time / time of `flax`, per model and StdConv impl.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 from benchmarks import common
@@ -62,15 +61,16 @@ def program(model_name: str, impl: str, kind: str, backward: bool, batch: int):
 
     from ablate.losses import kl
     from ablate.models import build_model
+    from ablate.models.resnet import conv_impl
 
     model = build_model(model_name, 10)
     x = jax.random.normal(jax.random.key(0), (batch, 28, 28, 1))
     zt = jax.random.normal(jax.random.key(2), (batch, 10))
-    with common.conv_impl(impl), variant(kind):
+    with conv_impl(impl), variant(kind):
         params = common.randomise_head(model.init(jax.random.key(1), x[:1])["params"], 3)
 
     def forward(p, x):
-        with common.conv_impl(impl), variant(kind):
+        with conv_impl(impl), variant(kind):
             return model.apply({"params": p}, x)
 
     if backward:
@@ -103,11 +103,7 @@ def check_ablate_groupnorm() -> float:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-s", type=float, default=0.7)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--impls", default="xla", help="StdConv impls (default xla, the faster one here)")
+    ap = common.parser(__doc__, block_s=0.7, impls="xla")
     args = ap.parse_args(argv)
 
     diff = check_ablate_groupnorm()

@@ -17,7 +17,6 @@ figure: pipeline images/s over step images/s, target >= 10x.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import numpy as np
@@ -68,11 +67,7 @@ def pipeline(source, cfg, shard: bool):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-s", type=float, default=1.0)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--impls", default="matmul,xla")
+    ap = common.parser(__doc__, block_s=1.0)
     args = ap.parse_args(argv)
 
     from ablate.config import RunConfig

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from benchmarks import common
 
@@ -121,12 +120,8 @@ def process_part(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--block-s", type=float, default=1.5)
-    ap.add_argument("--batch", type=int, default=128)
+    ap = common.parser(__doc__, block_s=1.5)
     ap.add_argument("--seeds", default="2,4", help="numbers of seeds vmapped at once (default 2,4)")
-    ap.add_argument("--impls", default="xla,matmul")
     ap.add_argument("--no-processes", action="store_true", help="skip the two-process comparison")
     args = ap.parse_args(argv)
     result = {"config": vars(args), "vmap": vmap_part(args)}

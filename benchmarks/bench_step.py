@@ -49,7 +49,6 @@ student forward, from the lowered cost analysis of `model.apply` with impl
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -66,9 +65,10 @@ def model_flops(batch: int) -> dict:
     import jax.numpy as jnp
 
     from ablate.models import build_model
+    from ablate.models.resnet import conv_impl
 
     out = {}
-    with common.conv_impl("xla"):
+    with conv_impl("xla"):
         for name in ("resnet_t", "resnet_s"):
             model = build_model(name, 10)
             x = jax.ShapeDtypeStruct((batch, 28, 28, 1), jnp.float32)
@@ -283,10 +283,7 @@ def _equivalence(js, cpu) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions (default 5)")
-    ap.add_argument("--block-s", type=float, default=2.0, help="seconds per timed block (default 2)")
-    ap.add_argument("--batch", type=int, default=128, help="batch size of every step, JAX and PyTorch (default 128)")
+    ap = common.parser(__doc__, block_s=2.0, impls=None)  # --batch: every step, JAX and PyTorch
     ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                     help="where the steps and matmuls run (default cpu; gpu: one CUDA GPU, jax and torch with CUDA)")
     ap.add_argument("--cudnn-benchmark", action="store_true",

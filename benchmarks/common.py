@@ -8,6 +8,7 @@ median of the per-repetition ratios with its spread.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import datetime
@@ -143,11 +144,15 @@ def _jsonable(x):
 
 # ----------------------------------------------------------------------------- the JAX step
 
-def conv_impl(impl: str):
-    """Build ablate's ResNets with StdConv impl ("xla" or "matmul") while tracing inside this block."""
-    from ablate.models.resnet import conv_impl as impl_block
-
-    return impl_block(impl)
+def parser(doc: str, block_s: float, impls: str | None = "xla,matmul") -> argparse.ArgumentParser:
+    """The flags every timing benchmark shares: --reps, --block-s, --batch and (unless impls is None) --impls."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5, help="alternating repetitions (default 5)")
+    ap.add_argument("--block-s", type=float, default=block_s, help=f"seconds per timed block (default {block_s:g})")
+    ap.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
+    if impls is not None:
+        ap.add_argument("--impls", default=impls, help=f"StdConv impls to measure (default {impls})")
+    return ap
 
 
 @dataclasses.dataclass
@@ -244,6 +249,8 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
 
 @contextlib.contextmanager
 def _variants(impl: str, groupnorm: str = "ablate"):
+    from ablate.models.resnet import conv_impl
+
     with conv_impl(impl):
         if groupnorm == "ablate":
             yield

@@ -16,7 +16,6 @@ import pathlib
 import random
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -28,6 +27,7 @@ import pytest
 from ablate.cli import main
 from ablate.store import RunStore
 from ablate.study import cells, load_study
+from benchmarks.kill_loop import kill9
 
 # a checkpoint that fails to restore leaves orbax read coroutines that are never awaited: expected, not a problem
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -77,17 +77,6 @@ def launch(study, store, log, *flags):
     with open(log, "w") as out:
         return subprocess.Popen([str(ABLATE), "run", study, "--store", str(store), "--no-progress", *flags],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def kill9(proc):
-    """SIGKILL the process (as `kill -9` would), then its leftover children (the W&B service) by group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def finish(proc):
