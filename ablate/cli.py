@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--preset", default="full")
     f.add_argument("--store", default=None)
     f.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
+    f.add_argument("--study-preset", action="append", default=[], metavar="STUDY=PRESET",
+                   help="read one study at another preset, e.g. patience=long (repeatable)")
     f.add_argument("--out", default=None, help="also write the table to this file")
 
     c = sub.add_parser("compare", help="table of runs grouped over seeds, ranked, with deltas to a baseline")
@@ -233,7 +235,8 @@ def cmd_findings(args) -> None:
     from ablate import findings, paths
     from ablate.store import RunStore
 
-    text = findings.table(args.preset, RunStore(args.store or paths.store_dir()), args.source)
+    study_presets = findings.parse_study_presets(args.study_preset)
+    text = findings.table(args.preset, RunStore(args.store or paths.store_dir()), args.source, study_presets)
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text + "\n")

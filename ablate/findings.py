@@ -11,7 +11,7 @@ import pandas as pd
 
 from ablate.report import study_frames
 from ablate.store import RunStore
-from ablate.study import load_study
+from ablate.study import StudyError, load_study
 
 FAMILIES = {"fixed": ("fix/rs", "fix/cc", "fix/ic_ens"), "independent": ("ind/rc", "ind/ic"),
             "consistent": ("same/rc", "same/ic"), "funmatch": ("funmatch",)}
@@ -184,18 +184,38 @@ FINDINGS = [
 ]
 
 
-def table(preset: str, store: RunStore, source: str = "local") -> str:
-    """The reproduction table as markdown: claim, study, our numbers, verdict."""
+def parse_study_presets(specs: list[str]) -> dict[str, str]:
+    """`["patience=long"]` -> `{"patience": "long"}`; a malformed item or an unknown study is an error."""
+    studies = {name for _, name, _, _ in FINDINGS}
+    out = {}
+    for spec in specs:
+        name, sep, preset = spec.partition("=")
+        if not sep or not name or not preset:
+            raise StudyError(f"--study-preset must look like STUDY=PRESET (e.g. patience=long), got {spec!r}")
+        if name not in studies:
+            raise StudyError(f"--study-preset names study {name!r}, which no finding reads; "
+                             f"valid: {', '.join(sorted(studies))}")
+        out[name] = preset
+    return out
+
+
+def table(preset: str, store: RunStore, source: str = "local", study_presets: dict | None = None) -> str:
+    """The reproduction table as markdown: claim, study, our numbers, verdict.
+
+    Every study is read at `preset`, except those named in `study_presets`
+    (e.g. `{"patience": "long"}` to test findings 2-4 on the longer schedules).
+    """
     lines = ["| # | paper's claim | study (preset) | runs | our numbers (test top-1 %, mean ± std over seeds) "
              "| verdict |", "|---|---|---|---|---|---|"]
     for num, study_name, fn, claim in FINDINGS:
+        chosen = (study_presets or {}).get(study_name, preset)
         try:
-            runs, _, grid = study_frames(load_study(study_name), preset, source, store)
+            runs, _, grid = study_frames(load_study(study_name), chosen, source, store)
         except Exception as e:  # noqa: BLE001 - a missing study is reported, not fatal
             lines.append(f"| {num} | {claim} | `{study_name}` | - | cannot load: {e} | not tested |")
             continue
         done = runs[runs.status == "done"] if len(runs) else runs
         numbers, verdict = fn(done) if len(done) else ("no finished runs", "not tested")
-        lines.append(f"| {num} | {claim} | `{study_name}` ({preset}) | {len(done)}/{len(grid)} | {numbers} "
+        lines.append(f"| {num} | {claim} | `{study_name}` ({chosen}) | {len(done)}/{len(grid)} | {numbers} "
                      f"| **{verdict}** |")
     return "\n".join(lines)

@@ -178,12 +178,13 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
         teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
         if len(teacher_acc):
             lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
-        lines += ["## Results (mean ± std over seeds)", "", markdown_table(summarize(runs, axes or ["policy"]),
-                                                                         axes or ["policy"]), ""]
+        by = axes or ["policy"]
+        table = summarize(runs, by, metrics=study.metrics or TABLE_METRICS)
+        lines += ["## Results (mean ± std over seeds)", "", markdown_table(table, by), ""]
         if "wall_s" in runs:
             lines += [f"Total training wall time: {runs['wall_s'].sum() / 60:.1f} min over {n_done} runs.", ""]
         for fig in study.figures:
-            path = FIGURE_FNS[fig](runs, hist, x, hue, out)
+            path = FIGURE_FNS[fig](runs, hist, x, hue, out, axes=axes)
             if path is not None:
                 lines += [f"![{fig}]({path.name})", ""]
     lines += did_not_finish(runs)
@@ -243,7 +244,7 @@ def _save(fig, out, name):
     return path
 
 
-def fig_final(runs, hist, x, hue, out):
+def fig_final(runs, hist, x, hue, out, **_):
     """Student test accuracy (best-on-val and last) per cell, teacher as a dashed line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -252,7 +253,9 @@ def fig_final(runs, hist, x, hue, out):
     long = done.melt(id_vars=[c for c in [x, hue] if c], value_vars=["best/test/acc", "last/test/acc"],
                      var_name="which", value_name="test accuracy")
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * done[x].nunique() + 2), 4))
-    sns.pointplot(data=long, x=x, y="test accuracy", hue=hue or "which", errorbar="sd", dodge=0.3,
+    colour = hue or "which"
+    sns.pointplot(data=long, x=x, y="test accuracy", hue=colour, errorbar="sd",
+                  dodge=0.3 if long[colour].nunique() > 1 else False,
                   linestyle="none" if hue is None else "-", ax=ax)
     _teacher_line(ax, done)
     ax.tick_params(axis="x", rotation=30)
@@ -260,7 +263,26 @@ def fig_final(runs, hist, x, hue, out):
     return _save(fig, out, "final")
 
 
-def fig_patience(runs, hist, x, hue, out):
+def fig_validation(runs, hist, x, hue, out, axes=(), **_):
+    """Validation accuracy at the end of training per cell, for choosing hyperparameters without test data."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    done = runs[runs.status == "done"]
+    if done.empty or "last/val/acc" not in done:
+        return None
+    col = next((a for a in axes if a not in (x, hue)), None)
+    grid = sns.catplot(data=done, x=x, y="last/val/acc", hue=hue, col=col, kind="point", errorbar="sd",
+                       dodge=0.2 if hue and done[hue].nunique() > 1 else False, height=3.8, aspect=1.1)
+    grid.set_ylabels("validation accuracy (end of training)")
+    grid.figure.tight_layout()
+    path = out / "validation.png"
+    grid.figure.savefig(path, dpi=120)
+    plt.close(grid.figure)
+    return path
+
+
+def fig_patience(runs, hist, x, hue, out, **_):
     """Student test accuracy vs schedule length (log axis) per policy; teacher as a line."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -276,7 +298,7 @@ def fig_patience(runs, hist, x, hue, out):
     return _save(fig, out, "patience")
 
 
-def fig_loss_vs_acc(runs, hist, x, hue, out):
+def fig_loss_vs_acc(runs, hist, x, hue, out, **_):
     """Training distillation loss vs test accuracy: fixed teachers fit their targets and still generalise worse."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -294,7 +316,7 @@ def fig_loss_vs_acc(runs, hist, x, hue, out):
     return _save(fig, out, "loss_vs_acc")
 
 
-def fig_curves(runs, hist, x, hue, out):
+def fig_curves(runs, hist, x, hue, out, **_):
     """Test accuracy and teacher-student agreement over training, per policy (longest schedule)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -317,4 +339,5 @@ def fig_curves(runs, hist, x, hue, out):
     return _save(fig, out, "curves")
 
 
-FIGURE_FNS = {"final": fig_final, "patience": fig_patience, "loss_vs_acc": fig_loss_vs_acc, "curves": fig_curves}
+FIGURE_FNS = {"final": fig_final, "validation": fig_validation, "patience": fig_patience,
+              "loss_vs_acc": fig_loss_vs_acc, "curves": fig_curves}

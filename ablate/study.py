@@ -7,16 +7,14 @@ import importlib.util
 import itertools
 import os
 import pathlib
-import sys
-import time
 import traceback
-from typing import Any, Callable
+from typing import Callable
 
 from tqdm.auto import tqdm
 
 from ablate.config import ConfigError, RunConfig, validate
 
-FIGURES = ("final", "patience", "loss_vs_acc", "curves")
+FIGURES = ("final", "validation", "patience", "loss_vs_acc", "curves")
 
 
 class StudyError(ValueError):
@@ -34,6 +32,14 @@ class Variant:
 def variant(label: str, **fields) -> Variant:
     """E.g. `variant("supervised", policy="supervised", loss="label_ce", teacher=None)`."""
     return Variant(label, fields)
+
+
+LABEL_ONLY = variant("supervised", policy="supervised", loss="label_ce", teacher=None, lr=0.1)
+"""The embedded default's label-only student (no teacher), as a value of a `policy` axis.
+
+Its learning rate, 0.1, is the label-only student's own choice on the validation split
+(`studies/hparams.py`; the distilling students' 3e-2 gives it 0.9 points less there).
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Study:
     figures: tuple = ("final", "curves")
     x: str | None = None  # the axis on the figures' x axis (e.g. "epochs"); default: first axis
     hue: str | None = None  # the axis that colours lines (e.g. "policy"); default: the other axis
+    metrics: tuple | None = None  # report.md's table columns; default: test, val and train summaries
 
     def resolve(self, preset: str | None) -> "Study":
         """The study with a preset's overrides applied."""

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from benchmarks import common
 
 TARGET = 10.0

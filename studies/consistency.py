@@ -1,9 +1,9 @@
 """Paper Fig. 3: which teacher-input policy distils best at a long schedule?"""
 
-from ablate.study import Study, variant
+from ablate.study import LABEL_ONLY, Study
 
 POLICIES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch",
-            variant("supervised", policy="supervised", loss="label_ce", teacher=None)]
+            LABEL_ONLY]
 
 STUDY = Study(
     name="consistency",

@@ -1,19 +1,20 @@
 """Paper Figs. 4-5: does function matching keep improving with schedule length while fixed teachers overfit?"""
 
-from ablate.study import Study, variant
+from ablate.study import LABEL_ONLY, Study
 
 STUDY = Study(
     name="patience",
     question="How do policies scale with schedule length? Fixed teachers should overfit, function matching keep rising.",
     axes=dict(
         policy=["fix/rs", "fix/ic_ens", "same/ic", "funmatch",
-                variant("supervised", policy="supervised", loss="label_ce", teacher=None)],
+                LABEL_ONLY],
         epochs=[10, 30, 100, 300],
     ),
     seeds=3,
     presets=dict(
         quick=dict(epochs=[50, 150, 500], subset_per_class=20, seeds=1, num_evals=3),
         full=dict(epochs=[10, 30, 100, 300], seeds=3),
+        long=dict(epochs=[10, 30, 100, 300, 1000], seeds=3),  # full plus 1,000 epochs (reuses full's runs)
     ),
     x="epochs",
     hue="policy",

@@ -91,3 +91,18 @@ def test_finding7_from_labels_or_run_ids():
     assert verdict == "holds" and "30: +25.00" in text and "300: +0.50" in text
     raw = labelled.assign(init=labelled["init"].map({"scratch": None, "supervised": "546042862542"}))
     assert findings.finding7(raw) == (text, verdict)
+
+
+def test_study_presets_read_one_study_at_another_preset(tmp_path, capsys):
+    """`--study-preset patience=long` reads patience at `long` (1,000 epochs added), every other study at --preset;
+    a malformed or unknown override is a usage error before anything is read."""
+    from ablate.cli import main
+    from ablate.store import RunStore
+
+    text = findings.table("full", RunStore(tmp_path / "store"), study_presets={"patience": "long"})
+    rows = [line for line in text.splitlines() if line.startswith("| 2 ") or line.startswith("| 1 ")]
+    assert "`patience` (long) | 0/75 " in rows[1]  # 5 policies x 5 schedules x 3 seeds, none run in this store
+    assert "`consistency` (full) | 0/27 " in rows[0]
+    for bad, message in (("patience", "must look like STUDY=PRESET"), ("nope=long", "no finding reads")):
+        assert main(["findings", "--store", str(tmp_path / "store"), "--study-preset", bad]) == 2
+        assert message in capsys.readouterr().err

@@ -107,6 +107,19 @@ def test_report_renders_figures_and_tables(tiny_run):
         assert (out / f"{fig}.png").stat().st_size > 5000
 
 
+def test_selection_report_shows_only_validation_metrics(tiny_run):
+    """A study that declares `metrics` (as the hparams studies do) gets a table of those columns only: a
+    hyperparameter report never shows test accuracy; the `validation` figure plots validation accuracy."""
+    study, store, tmp = tiny_run
+    selection = write(tmp, "tiny_selection", TINY.replace('figures=("final", "loss_vs_acc", "curves"),',
+                                                          'figures=("validation",), metrics=("last/val/acc",),'))
+    out = tmp / "selection_report"
+    assert main(["report", selection, "--store", str(store), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "| policy | n | last/val/acc (%) |" in text and "test/acc" not in text.split("![")[0]
+    assert (out / "validation.png").stat().st_size > 5000
+
+
 def test_compare_prints_ranked_rows_with_deltas(tiny_run, capsys):
     """`ablate compare` shows one ranked row per policy and the delta to the chosen baseline; --csv exports it."""
     import pandas as pd

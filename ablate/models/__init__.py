@@ -16,21 +16,21 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 
 @MODELS.register("resnet_t")
 def resnet_t(num_classes: int) -> nn.Module:
-    """Default teacher for 28 px images: basic ResNetV2, widths 32/64/128, one unit per stage (~0.48M params)."""
+    """Default teacher for 28 px images: basic ResNetV2, widths 32/64/128, one unit per stage (~308k params)."""
     return ResNetV2(num_classes, (1, 1, 1), (32, 64, 128), unit="basic", root="small",
                     root_width=32, root_stride=2, groups=8)
 
 
 @MODELS.register("resnet_s")
 def resnet_s(num_classes: int) -> nn.Module:
-    """Default student for 28 px images: basic ResNetV2, widths 12/24/48, one unit per stage (~69k params)."""
+    """Default student for 28 px images: basic ResNetV2, widths 12/24/48, one unit per stage (~44k params)."""
     return ResNetV2(num_classes, (1, 1, 1), (12, 24, 48), unit="basic", root="small",
                     root_width=12, root_stride=2, groups=4)
 
 
 @MODELS.register("resnet_xs")
 def resnet_xs(num_classes: int) -> nn.Module:
-    """Tiny model for tests and smoke runs: widths 8/16/32, one unit per stage."""
+    """Tiny model for tests and smoke runs: widths 8/16/32, one unit per stage (~20k params)."""
     return ResNetV2(num_classes, (1, 1, 1), (8, 16, 32), unit="basic", root="small",
                     root_width=8, root_stride=2, groups=4)
 
