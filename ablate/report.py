@@ -175,8 +175,9 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
               f"Made by `ablate run {study.name}{run_flags}` (the runs) and "
               f"`ablate report {study.name}{report_flags}` (this page).", ""]
     if n_done:
+        shows_test = any("test/" in m for m in study.metrics or TABLE_METRICS)
         teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
-        if len(teacher_acc):
+        if len(teacher_acc) and shows_test:
             lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
         by = axes or ["policy"]
         table = summarize(runs, by, metrics=study.metrics or TABLE_METRICS)
@@ -193,8 +194,9 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
         lines += [f"{missing} cells have not started; run `ablate run {study.name}"
                   + (f" --preset {preset}" if preset else "") + "`.", ""]
     if len(runs):
-        keep = ["run_id", *[c for c in axes if c in runs], "seed", "status",
-                *[c for c in runs.columns if c.startswith(("best/", "last/", "teacher/")) or c == "wall_s"]]
+        metrics = ([c for c in (*study.metrics, "wall_s") if c in runs] if study.metrics else
+                   [c for c in runs.columns if c.startswith(("best/", "last/", "teacher/")) or c == "wall_s"])
+        keep = ["run_id", *[c for c in axes if c in runs], "seed", "status", *metrics]
         runs[list(dict.fromkeys(keep))].to_csv(out / "runs.csv", index=False)
         lines += ["Every number above comes from the runs listed in `runs.csv` (run id = config hash; "
                   "the run folders hold configs and metric histories).", ""]
@@ -275,9 +277,9 @@ def fig_validation(runs, hist, x, hue, out, axes=(), **_):
     grid = sns.catplot(data=done, x=x, y="last/val/acc", hue=hue, col=col, kind="point", errorbar="sd",
                        dodge=0.2 if hue and done[hue].nunique() > 1 else False, height=3.8, aspect=1.1)
     grid.set_ylabels("validation accuracy (end of training)")
-    grid.figure.tight_layout()
+    grid.tick_params(axis="x", rotation=30)
     path = out / "validation.png"
-    grid.figure.savefig(path, dpi=120)
+    grid.figure.savefig(path, dpi=120, bbox_inches="tight")  # keeps catplot's legend outside the axes
     plt.close(grid.figure)
     return path
 

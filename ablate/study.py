@@ -62,7 +62,7 @@ class Study:
     figures: tuple = ("final", "curves")
     x: str | None = None  # the axis on the figures' x axis (e.g. "epochs"); default: first axis
     hue: str | None = None  # the axis that colours lines (e.g. "policy"); default: the other axis
-    metrics: tuple | None = None  # report.md's table columns; default: test, val and train summaries
+    metrics: tuple | None = None  # report.md's and runs.csv's metrics; default: test, val and train summaries
 
     def resolve(self, preset: str | None) -> "Study":
         """The study with a preset's overrides applied."""

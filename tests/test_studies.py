@@ -108,15 +108,16 @@ def test_report_renders_figures_and_tables(tiny_run):
 
 
 def test_selection_report_shows_only_validation_metrics(tiny_run):
-    """A study that declares `metrics` (as the hparams studies do) gets a table of those columns only: a
-    hyperparameter report never shows test accuracy; the `validation` figure plots validation accuracy."""
+    """A study that declares `metrics` (as the hparams studies do) gets those columns only, in report.md and
+    runs.csv: a hyperparameter report never shows a test number; the `validation` figure plots validation accuracy."""
     study, store, tmp = tiny_run
     selection = write(tmp, "tiny_selection", TINY.replace('figures=("final", "loss_vs_acc", "curves"),',
                                                           'figures=("validation",), metrics=("last/val/acc",),'))
     out = tmp / "selection_report"
     assert main(["report", selection, "--store", str(store), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "| policy | n | last/val/acc (%) |" in text and "test/acc" not in text.split("![")[0]
+    assert "| policy | n | last/val/acc (%) |" in text and "test" not in text.split("![")[0]
+    assert "test" not in (out / "runs.csv").read_text().splitlines()[0]
     assert (out / "validation.png").stat().st_size > 5000
 
 
