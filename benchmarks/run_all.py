@@ -27,6 +27,7 @@ SUITE = {
     "seeds": ("benchmarks.bench_seeds", []),
     "input": ("benchmarks.bench_input", []),
     "study": ("benchmarks.bench_study", []),
+    "xla_options": ("benchmarks.bench_xla_options", []),
 }
 
 

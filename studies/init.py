@@ -23,10 +23,8 @@ STUDY = Study(
     axes=dict(init=[variant("scratch", init=None), variant("supervised", init=SOURCE_RUN)],
               epochs=[30, 100, 300]),
     seeds=2,
-    # full (and its source run) ran with lr 3e-3, the default before the validation sweep
-    # (studies/hparams.py) chose 3e-2; drop `lr` here to rerun it with the selected recipe.
     presets=dict(quick=dict(epochs=[10, 30], seeds=1, num_evals=4),
-                 full=dict(epochs=[30, 100, 300], seeds=2, lr=3e-3)),
+                 full=dict(epochs=[30, 100, 300], seeds=2)),
     x="epochs",
     hue="init",
     figures=("patience", "curves"),

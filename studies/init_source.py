@@ -1,11 +1,11 @@
 """The supervised student that `studies/init.py` initialises from (run it first: `ablate run init_source`)."""
 
-from ablate.study import Study
+from ablate.study import LABEL_ONLY, Study
 
 STUDY = Study(
     name="init_source",
     question="A label-only student on the training subset, used as the pretrained initialisation of `init`.",
-    base=dict(policy="supervised", loss="label_ce", teacher=None, epochs=100, lr=3e-3),  # see init.py
+    base=dict(**LABEL_ONLY.fields, epochs=100),  # the label-only student, at its own selected lr
     seeds=1,
     figures=("final",),
 )

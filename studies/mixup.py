@@ -8,8 +8,6 @@ STUDY = Study(
     base=dict(policy="funmatch", epochs=300),
     axes=dict(mixup_p=[0.0, 0.1, 0.5, 1.0]),
     seeds=3,
-    # full ran with lr 3e-3, the default before the validation sweep (studies/hparams.py) chose 3e-2;
-    # drop `lr` here to rerun it with the selected recipe.
-    presets=dict(quick=dict(epochs=20, seeds=1, num_evals=4), full=dict(epochs=300, seeds=3, lr=3e-3)),
+    presets=dict(quick=dict(epochs=20, seeds=1, num_evals=4), full=dict(epochs=300, seeds=3)),
     figures=("final", "curves"),
 )

@@ -10,8 +10,6 @@ STUDY = Study(
     axes=dict(data=[variant("in-domain", dataset="fashion_mnist", subset_per_class=100),
                     variant("footwear+bags only", dataset="fashion_mnist_ood", subset_per_class=250)]),
     seeds=2,
-    # full ran with lr 3e-3, the default before the validation sweep (studies/hparams.py) chose 3e-2;
-    # drop `lr` here to rerun it with the selected recipe.
-    presets=dict(quick=dict(epochs=20, seeds=1, num_evals=4), full=dict(epochs=300, seeds=2, lr=3e-3)),
+    presets=dict(quick=dict(epochs=20, seeds=1, num_evals=4), full=dict(epochs=300, seeds=2)),
     figures=("final", "curves"),
 )

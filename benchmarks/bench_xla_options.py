@@ -1,0 +1,103 @@
+"""Options of XLA's CPU backend that might speed up the step: library fusions, vector width, bfloat16.
+
+Two parts, each timed alternately in one run:
+
+* `flags`: ablate's funmatch step (batch 128, the default models) in one
+  process per XLA_FLAGS setting: the baseline (no flags), 512-bit vectors,
+  XNNPACK graph fusion, and the YNNPACK / oneDNN / XNNPACK library fusions of
+  dots, elementwise ops and reductions. Figure: baseline time / time (> 1 is
+  faster than the baseline).
+* `bf16`: a 2048^2 matmul and one 3x3 convolution of the teacher's middle
+  stage (128 x 14 x 14 x 64 -> 64 channels), forward and backward, in float32
+  and bfloat16 (this CPU has AMX-BF16 and AVX512-BF16). Figure: float32 time /
+  bfloat16 time.
+
+    .venv/bin/python -m benchmarks.bench_xla_options [--reps 5] [--block-s 1]
+"""
+
+from __future__ import annotations
+
+from benchmarks import common
+
+FLAGS = {
+    "baseline": "",
+    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+    "xnn_graph_fusion": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "ynn_fusions": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
+    "onednn_fusions": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce",
+    "xnn_fusions": "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce",
+}
+
+
+def dtype_programs():
+    """(In its own process) matmul and conv forward/backward in float32 and bfloat16."""
+    import jax
+    import jax.numpy as jnp
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    out = {}
+    for name, dt in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
+        a = jax.random.normal(jax.random.key(0), (2048, 2048)).astype(dt)
+        x = jax.random.normal(jax.random.key(1), (128, 14, 14, 64)).astype(dt)
+        w = jax.random.normal(jax.random.key(2), (3, 3, 64, 64)).astype(dt)
+        progs = {"matmul": (jax.jit(lambda a: a @ a), (a,)),
+                 "conv_fwd": (jax.jit(conv), (x, w)),
+                 "conv_fwd_bwd": (jax.jit(jax.grad(lambda x, w: conv(x, w).astype(jnp.float32).sum(), (0, 1))),
+                                  (x, w))}
+        for prog, (fn, args) in progs.items():
+            jax.block_until_ready(fn(*args))
+
+            def run(n, fn=fn, args=args):
+                r = None
+                for _ in range(n):
+                    r = fn(*args)
+                jax.block_until_ready(r)
+
+            out[f"{prog}/{name}"] = run
+    return out, {}
+
+
+def step_program(batch: int):
+    """(In its own process, under the XLA_FLAGS it was started with) ablate's funmatch step."""
+    js = common.make_jax_step("funmatch", batch)
+    js.run(1)
+    return {"step": js.run}, {}
+
+
+def main(argv=None) -> dict:
+    ap = common.parser(__doc__, block_s=1.0, impls=None)
+    args = ap.parse_args(argv)
+    procs, contenders, failed = [], {}, {}
+    for name, flags in FLAGS.items():
+        try:
+            p = common.ProcessContenders("benchmarks.bench_xla_options:step_program", env={"XLA_FLAGS": flags},
+                                         batch=args.batch)
+        except RuntimeError as e:
+            failed[name] = str(e).strip().splitlines()[-1]
+            print(f"  {name}: does not run ({failed[name]})")
+            continue
+        procs.append(p)
+        contenders[f"step/{name}"] = p.runners()["step"]
+    dtypes = common.ProcessContenders("benchmarks.bench_xla_options:dtype_programs")
+    procs.append(dtypes)
+    contenders.update(dtypes.runners())
+    print(f"timing {len(contenders)} programs alternately, {args.reps} reps of ~{args.block_s:g} s")
+    try:
+        times = common.alternate(contenders, args.reps, args.block_s, log=lambda s: None)
+    finally:
+        for p in procs:
+            p.close()
+    summary = {}
+    for k, v in times.items():
+        base = "step/baseline" if k.startswith("step/") else k.rsplit("/", 1)[0] + "/f32"
+        summary[k] = {"ms": common.spread([1e3 * t for t in v]), "speedup": common.ratio(times[base], v)}
+        print(f"  {k:<26} {summary[k]['ms']['median']:8.2f} ms  speed-up vs {base}: {common.fmt(summary[k]['speedup'])}")
+    common.save("xla_options", {"config": vars(args), "flags": FLAGS, "failed": failed, "times_s": times,
+                                "summary": summary})
+    return summary
+
+
+if __name__ == "__main__":
+    main()
