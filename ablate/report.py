@@ -170,17 +170,18 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     n_done = int((runs.status == "done").sum()) if len(runs) else 0
     run_flags = f" --preset {preset}" if preset else ""
     report_flags = run_flags + (f" --source {source}" if source != "local" else "")
+    metrics = study.metrics or TABLE_METRICS
     lines += [f"{n_done} of {len(grid)} runs finished; rendered {time.strftime('%Y-%m-%d %H:%M')} "
               f"from `{source}`.", "",
               f"Made by `ablate run {study.name}{run_flags}` (the runs) and "
               f"`ablate report {study.name}{report_flags}` (this page).", ""]
     if n_done:
-        shows_test = any("test/" in m for m in study.metrics or TABLE_METRICS)
+        shows_test = any("test/" in m for m in metrics)
         teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
         if len(teacher_acc) and shows_test:
             lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
         by = axes or ["policy"]
-        table = summarize(runs, by, metrics=study.metrics or TABLE_METRICS)
+        table = summarize(runs, by, metrics=metrics)
         lines += ["## Results (mean ± std over seeds)", "", markdown_table(table, by), ""]
         if "wall_s" in runs:
             lines += [f"Total training wall time: {runs['wall_s'].sum() / 60:.1f} min over {n_done} runs.", ""]
@@ -191,12 +192,11 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     lines += did_not_finish(runs)
     missing = len(grid) - len(runs)
     if missing:
-        lines += [f"{missing} cells have not started; run `ablate run {study.name}"
-                  + (f" --preset {preset}" if preset else "") + "`.", ""]
+        lines += [f"{missing} cells have not started; run `ablate run {study.name}{run_flags}`.", ""]
     if len(runs):
-        metrics = ([c for c in (*study.metrics, "wall_s") if c in runs] if study.metrics else
+        columns = ([c for c in (*study.metrics, "wall_s") if c in runs] if study.metrics else
                    [c for c in runs.columns if c.startswith(("best/", "last/", "teacher/")) or c == "wall_s"])
-        keep = ["run_id", *[c for c in axes if c in runs], "seed", "status", *metrics]
+        keep = ["run_id", *[c for c in axes if c in runs], "seed", "status", *columns]
         runs[list(dict.fromkeys(keep))].to_csv(out / "runs.csv", index=False)
         lines += ["Every number above comes from the runs listed in `runs.csv` (run id = config hash; "
                   "the run folders hold configs and metric histories).", ""]
