@@ -2,6 +2,10 @@
 
 __version__ = "0.1.0"
 
+from ablate import xla_flags as _xla_flags
+
+_xla_flags.apply()  # before jax starts its backend: XLA reads XLA_FLAGS once
+
 
 def _enable_compilation_cache() -> None:
     """Compile each program shape once per machine, not once per run (persistent XLA cache)."""

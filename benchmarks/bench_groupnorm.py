@@ -6,9 +6,11 @@ KL at T=1) and the teacher's forward pass (`resnet_t`), each with ablate's
 
 * `flax`: flax's `nn.GroupNorm` (`use_fast_variance=False`), the baseline;
 * `ablate`: ablate's own `GroupNorm` (per-channel sums over (H, W) first, then
-  over each group's channels; two-pass variance; scale and shift folded into
-  one multiply-add; same result as `flax` to ~1e-6);
-* `fastvar`: flax `nn.GroupNorm` with `use_fast_variance=True`;
+  over each group's channels; one-pass variance E[x^2] - E[x]^2; scale and shift
+  folded into one multiply-add; same result as `fastvar` to ~1e-6);
+* `fastvar`: flax `nn.GroupNorm` with `use_fast_variance=True` (flax's default);
+* `ablate_twopass`: ablate's GroupNorm with `fast_variance=False` (two-pass
+  variance, as `flax`; ablate's default until 2026-11-26 evening);
 * `none`: no normalisation at all (a lower bound: what GroupNorm costs);
 * `no_ws`: ablate's GroupNorm but no weight standardisation.
 
@@ -23,7 +25,7 @@ import contextlib
 
 from benchmarks import common
 
-VARIANTS = ("flax", "ablate", "fastvar", "none", "no_ws")
+VARIANTS = ("flax", "ablate", "fastvar", "ablate_twopass", "none", "no_ws")
 
 
 @contextlib.contextmanager
@@ -45,6 +47,8 @@ def variant(kind: str):
     elif kind in ("flax", "fastvar"):
         resnet.group_norm = lambda c, g, name: nn.GroupNorm(num_groups=groups(c, g), epsilon=1e-5,
                                                             use_fast_variance=kind == "fastvar", name=name)
+    elif kind == "ablate_twopass":
+        resnet.group_norm = lambda c, g, name: resnet.GroupNorm(groups(c, g), 1e-5, fast_variance=False, name=name)
     elif kind == "no_ws":
         resnet.standardize = lambda w, eps=1e-10: w
     elif kind != "ablate":
@@ -97,7 +101,7 @@ def check_ablate_groupnorm() -> float:
     from ablate.models.resnet import GroupNorm
 
     x = jax.random.normal(jax.random.key(0), (4, 7, 7, 24)) * 3 + 1
-    ref, variables = nn.GroupNorm(num_groups=4, epsilon=1e-5, use_fast_variance=False).init_with_output(
+    ref, variables = nn.GroupNorm(num_groups=4, epsilon=1e-5, use_fast_variance=True).init_with_output(
         jax.random.key(1), x)
     return float(jnp.abs(GroupNorm(4).apply(variables, x) - ref).max())
 

@@ -7,8 +7,9 @@ OpenMP threads and XLA's thread pool never share a process; an idle contender wa
   forward/backward + clipped Adam with decoupled weight decay), as ablate runs it: StdConv impl
   "xla" (lax.conv_general_dilated) and ablate's per-channel-sum GroupNorm;
 * `jax_matmul`: the same with StdConv impl "matmul" (convolutions as patches + one matmul);
-* `jax_flaxgn`: the same with flax's `nn.GroupNorm` instead of ablate's (same parameters, same
-  results to ~1e-6; ablate's default before 2026-11-26 afternoon, with impl "matmul");
+* `jax_flaxgn`: the same with flax's `nn.GroupNorm` (two-pass variance) instead of ablate's (same
+  parameters, same results to float32 rounding; ablate's default before 2026-11-26 afternoon, with
+  impl "matmul");
 * `torch_eager`: `benchmarks/torch_models.TorchStep`, channels_last, torch.set_num_threads(2);
   `torch_eager_1thread`: the same with 1 thread (OpenMP's 2-thread team suffers badly when
   the 2 cores are shared with other work);

@@ -22,6 +22,8 @@ import subprocess
 import time
 from typing import Callable
 
+import ablate  # noqa: F401 - first, so that ablate's XLA defaults (ablate/xla_flags.py) hold before jax starts
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 LOAD_AT_START = os.getloadavg() if hasattr(os, "getloadavg") else None  # the machine's load when this process began
 

@@ -10,14 +10,15 @@ from ablate.models import build_model
 from ablate.models.resnet import GroupNorm, conv_as_matmul, conv_impl
 
 
+@pytest.mark.parametrize("fast_variance", [True, False])
 @pytest.mark.parametrize("shape, groups", [((4, 7, 7, 24), 4), ((3, 14, 14, 12), 12), ((2, 5, 5, 32), 32)])
-def test_group_norm_matches_flax(shape, groups):
+def test_group_norm_matches_flax(shape, groups, fast_variance):
     x = jax.random.normal(jax.random.key(0), shape) * 3 + 1
     variables = nn.GroupNorm(num_groups=groups).init(jax.random.key(1), x)
     # non-trivial scale and bias, so a swapped or ignored parameter would show
     variables = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), variables)
-    ref = nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=False).apply(variables, x)
-    out = GroupNorm(groups).apply(variables, x)
+    ref = nn.GroupNorm(num_groups=groups, epsilon=1e-5, use_fast_variance=fast_variance).apply(variables, x)
+    out = GroupNorm(groups, fast_variance=fast_variance).apply(variables, x)
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 

@@ -121,6 +121,20 @@ def test_selection_report_shows_only_validation_metrics(tiny_run):
     assert (out / "validation.png").stat().st_size > 5000
 
 
+def test_each_run_records_the_backend_it_ran_on(tiny_run):
+    """config.json's meta names jax's version, backend and XLA_FLAGS, which change a run's float rounding."""
+    import jax
+
+    from ablate import xla_flags
+    from ablate.store import RunStore
+
+    _, store, _ = tiny_run
+    frame = RunStore(store).frame()
+    assert len(frame) == 3
+    assert set(frame["meta/jax"]) == {jax.__version__} and set(frame["meta/backend"]) == {"cpu"}
+    assert set(frame["meta/xla_flags"]) == {xla_flags.in_effect}
+
+
 def test_compare_prints_ranked_rows_with_deltas(tiny_run, capsys):
     """`ablate compare` shows one ranked row per policy and the delta to the chosen baseline; --csv exports it."""
     import pandas as pd

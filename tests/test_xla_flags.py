@@ -1,0 +1,97 @@
+"""ablate's XLA defaults: which flags, who wins, that they take effect, and that results stay equal."""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from ablate import xla_flags
+
+YNN = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def test_defaults_are_appended_and_a_users_flag_wins():
+    assert xla_flags.with_defaults("") == f"{YNN}="
+    assert xla_flags.with_defaults("--xla_force_host_platform_device_count=4") == \
+        f"--xla_force_host_platform_device_count=4 {YNN}="
+    assert xla_flags.with_defaults(f"{YNN}=dot") == f"{YNN}=dot"  # the user's own value is kept
+    assert xla_flags.with_defaults(xla_flags.with_defaults("")) == f"{YNN}="  # idempotent
+
+
+def test_apply_sets_the_environment_unless_opted_out(monkeypatch):
+    monkeypatch.setattr(xla_flags, "in_effect", xla_flags.in_effect)  # restored afterwards
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    with warnings.catch_warnings():  # (this process's jax may have started already: see the last test)
+        warnings.simplefilter("ignore")
+        xla_flags.apply(env)
+    assert env["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {YNN}="
+    env = {"ABLATE_XLA_DEFAULTS": "0"}
+    assert xla_flags.apply(env) == "" and "XLA_FLAGS" not in env
+
+
+# In a fresh interpreter: the step's HLO after compilation, and its results, for one 3x3 convolution
+# with enough channels that jax's default sends it to YNNPACK, and for a teacher-sized model's loss.
+PROBE = r"""
+import json, sys
+import ablate, jax, jax.numpy as jnp
+from ablate.models import build_model
+x = jax.random.normal(jax.random.key(0), (8, 14, 14, 32))
+w = jax.random.normal(jax.random.key(1), (3, 3, 32, 32))
+def conv_loss(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.mean(jnp.square(y))
+f = jax.jit(jax.value_and_grad(conv_loss, (0, 1)))
+hlo = f.lower(x, w).compile().as_text()
+(v, (gx, gw)) = f(x, w)
+model = build_model("resnet_t", 10)
+imgs = jax.random.uniform(jax.random.key(2), (16, 28, 28, 1))
+params = model.init(jax.random.key(3), imgs)["params"]
+def model_loss(p):
+    return jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, imgs))[:, 0])
+lv, g = jax.jit(jax.value_and_grad(model_loss))(params)
+flat = jnp.concatenate([jnp.ravel(t) for t in jax.tree.leaves(g)])
+json.dump({"ynn": "__ynn_fusion" in hlo, "conv": [float(v), gx.ravel()[:64].tolist(), gw.ravel()[:64].tolist()],
+           "loss": float(lv), "grad": flat[::97].tolist(), "in_effect": ablate.xla_flags.in_effect}, sys.stdout)
+"""
+
+
+def _probe(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}
+    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env, "ABLATE_NO_COMPILATION_CACHE": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return _probe(), _probe(ABLATE_XLA_DEFAULTS="0")
+
+
+def test_defaults_take_effect_in_a_fresh_process(probes):
+    ours, jax_default = probes
+    assert not ours["ynn"] and ours["in_effect"] == f"{YNN}="
+    assert jax_default["ynn"] and jax_default["in_effect"] == ""  # the default this module turns off
+
+
+def test_results_agree_with_jax_default_within_float32_rounding(probes):
+    import numpy as np
+
+    ours, jax_default = probes
+    for a, b in zip(ours["conv"], jax_default["conv"]):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(ours["loss"], jax_default["loss"], rtol=1e-5)
+    np.testing.assert_allclose(ours["grad"], jax_default["grad"], rtol=1e-3, atol=1e-6)
+
+
+def test_warns_when_jax_started_before_ablate():
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}
+    code = "import jax; jax.numpy.zeros(1).block_until_ready(); import ablate; print(ablate.xla_flags.in_effect)"
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=base, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "are not in effect in this process" in out.stderr and "import ablate before" in out.stderr
+    assert out.stdout.strip() == ""  # the flags jax started with, not ours
