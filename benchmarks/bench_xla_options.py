@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
     for name in chosen:
         flags = FLAGS[name]
         try:
-            p = common.ProcessContenders("benchmarks.bench_xla_options:step_program", env={"XLA_FLAGS": flags, xla_flags.OPT_OUT: "0"},
-                                         batch=args.batch)
+            p = common.ProcessContenders("benchmarks.bench_xla_options:step_program",
+                                         env={"XLA_FLAGS": flags, xla_flags.OPT_OUT: "0"}, batch=args.batch)
         except RuntimeError as e:
             failed[name] = str(e).strip().splitlines()[-1]
             print(f"  {name}: does not run ({failed[name]})")
