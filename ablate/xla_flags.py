@@ -2,9 +2,9 @@
 
 jaxlib 0.10 hands CPU convolutions (and some reductions) to YNNPACK by
 default. On the small-channel convolutions of ablate's models that path is
-slower than XLA's own Eigen convolutions: about 1.2x per funmatch training
-step on a 2-core Xeon, and its kernel-gradient convolutions are up to 2x
-slower (benchmarks/bench_xla_options.py, benchmarks/README.md). So ablate
+slower than XLA's own Eigen convolutions: 1.2-1.3x per funmatch training
+step on a 2-core Xeon, and about 3x on one 3x3 convolution's forward and
+backward (benchmarks/bench_xla_options.py, benchmarks/README.md). So ablate
 turns the YNNPACK fusions off. Results agree with jax's default within float32
 rounding (tests/test_xla_flags.py); they are not bit-identical to runs made
 under the default. The flags only concern the CPU backend; on a GPU they

@@ -49,10 +49,13 @@ hlo = f.lower(x, w).compile().as_text()
 model = build_model("resnet_t", 10)
 imgs = jax.random.uniform(jax.random.key(2), (16, 28, 28, 1))
 params = model.init(jax.random.key(3), imgs)["params"]
+params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(4), params["head"]["kernel"].shape)  # not zero:
+# with the zero-initialised head every gradient below it would be zero
 def model_loss(p):
     return jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, imgs))[:, 0])
 lv, g = jax.jit(jax.value_and_grad(model_loss))(params)
 flat = jnp.concatenate([jnp.ravel(t) for t in jax.tree.leaves(g)])
+assert float(jnp.abs(g["root_block/conv_root"]["kernel"]).max()) > 0
 json.dump({"ynn": "__ynn_fusion" in hlo, "conv": [float(v), gx.ravel()[:64].tolist(), gw.ravel()[:64].tolist()],
            "loss": float(lv), "grad": flat[::97].tolist(), "in_effect": ablate.xla_flags.in_effect}, sys.stdout)
 """
