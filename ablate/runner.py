@@ -99,8 +99,8 @@ class Runner:
             teacher = self.teacher(cfg.teacher)
             targets, eval_teacher = run_inputs(cfg, data, teacher, log=self.log)
             init = self.init_params(cfg, data)
-            meta = {"study": group, "point": cell.point, "jax": jax.__version__, "backend": jax.default_backend(),
-                    "xla_flags": xla_flags.in_effect}
+            backend = {"jax": jax.__version__, "backend": jax.default_backend(), "xla_flags": xla_flags.in_effect}
+            meta = {"study": group, "point": cell.point, **backend}
             damaged = self.store.start(run_id, cfg.to_dict(), meta)
             started = True
             for path in damaged:
@@ -111,9 +111,8 @@ class Runner:
                          "restarts from scratch to log a complete history")
                 shutil.rmtree(ckpt, ignore_errors=True)
             tags = [f"{k}={v}" for k, v in cell.point.items() if k != "seed"]
-            env = {f"env/{k}": meta[k] for k in ("jax", "backend", "xla_flags")}
             sink.start(run_id, {**cfg.to_dict(), "study": group, **{f"axis/{k}": v for k, v in cell.point.items()},
-                                **env},
+                                **{f"env/{k}": v for k, v in backend.items()}},
                        group=group, job_type=job_type, tags=tags)
 
             def on_eval(row):

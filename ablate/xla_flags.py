@@ -56,7 +56,7 @@ def apply(environ: MutableMapping[str, str] = os.environ) -> str:
         environ["XLA_FLAGS"] = wanted
         if _backend_started():
             warnings.warn(f"jax's backend started before ablate was imported, so ablate's XLA defaults "
-                          f"({' '.join(f'{k}={v}' for k, v in DEFAULTS.items())}) are not in effect in this "
+                          f"({with_defaults('')}) are not in effect in this "
                           f"process; import ablate before running any jax code (or set {OPT_OUT}=0 to "
                           f"silence this). See ablate/xla_flags.py.", stacklevel=3)
             return current

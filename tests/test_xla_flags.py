@@ -61,9 +61,13 @@ json.dump({"ynn": "__ynn_fusion" in hlo, "conv": [float(v), gx.ravel()[:64].toli
 """
 
 
+def _fresh_env(**env):
+    """This process's environment without its XLA settings (importing ablate here already set XLA_FLAGS)."""
+    return {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}, **env}
+
+
 def _probe(**env):
-    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**base, **env, "ABLATE_NO_COMPILATION_CACHE": "1"},
+    out = subprocess.run([sys.executable, "-c", PROBE], env=_fresh_env(**env, ABLATE_NO_COMPILATION_CACHE="1"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
@@ -91,10 +95,9 @@ def test_results_agree_with_jax_default_within_float32_rounding(probes):
 
 
 def test_warns_when_jax_started_before_ablate():
-    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}
     code = "import jax; jax.numpy.zeros(1).block_until_ready(); import ablate; print(ablate.xla_flags.in_effect)"
-    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=base, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=_fresh_env(), capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "are not in effect in this process" in out.stderr and "import ablate before" in out.stderr
     assert out.stdout.strip() == ""  # the flags jax started with, not ours
