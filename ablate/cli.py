@@ -18,6 +18,16 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                        help=f"(default: {f.default})")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def _sink_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help="local run store folder (default: $ABLATE_STORE or ./runs)")
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
@@ -48,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
     r.add_argument("--shard", default=None, metavar="K/N", help="run only the K-th of N disjoint slices")
     r.add_argument("--cell", default=None, metavar="RUN_ID", help="run only the cell with this run id")
+    r.add_argument("--cohort-size", type=_positive_int, default=4, metavar="N",
+                   help="train up to N cells that differ only in student-side fields (lr, wd, loss, temperature, "
+                        "model, ...) together, sharing their views and the teacher's forward pass (default 4; "
+                        "1 trains every cell alone)")
     _sink_args(r)
 
     sw = sub.add_parser("sweep", help="write a W&B grid sweep over a study's cells (one agent run per cell)")
@@ -209,8 +223,9 @@ def cmd_run(args) -> int:
     runner = _runner(args)
     runner.preflight([c for c in grid if not runner.store.is_done(c.run_id)])  # bad input fails before any run
     group = study.name
-    outcome = run_cells(grid, lambda c: runner.run(c, group=group), runner.store.is_done,
-                        progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})")
+    outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
+                        progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})",
+                        cohort_key=runner.cohort_key, cohort_size=args.cohort_size)
     print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
           f"{outcome.busy} being run elsewhere; runs in {runner.store.root}")
     if outcome.ran or outcome.skipped:

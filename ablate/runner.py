@@ -14,11 +14,13 @@ from ablate import xla_flags
 from ablate.config import ConfigError, RunConfig
 from ablate.data import load_dataset
 from ablate.models import build_model
+from ablate.policies import POLICIES
 from ablate.store import RunStore, StoreError
 from ablate.study import Cell
 from ablate.teachers import get_teacher, run_inputs
 from ablate.tracking import WandbSink
-from ablate.train import NonFiniteError, load_params, student_source, train
+from ablate.train import (Member, NonFiniteError, cohort_key, load_params, save_params, student_source,
+                          train_cohort)
 
 
 @dataclasses.dataclass
@@ -59,6 +61,18 @@ class Runner:
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, res, res, data.image_shape[2]))))
         return load_params(self.store.run_dir(cfg.init) / "params", template["params"])
 
+    def cohort_key(self, cell: Cell) -> str | None:
+        """Cells with equal keys train as one cohort; None for a cell that trains alone.
+
+        Only policies that run the teacher during training form cohorts: sharing
+        its forward pass is what pays (benchmarks/bench_seeds.py: ~1.8x for 4
+        funmatch students, ~1.0x for fixed-teacher ones). A cell that resumes
+        from its checkpoint runs alone, from its own step.
+        """
+        if not POLICIES.get(cell.config.policy).runs_teacher or self.store.ckpt_dir(cell.run_id).exists():
+            return None
+        return cohort_key(cell.config)
+
     def preflight(self, cells_: list[Cell]) -> None:
         """Check, before any run starts, what would otherwise fail mid-study.
 
@@ -87,74 +101,109 @@ class Runner:
         "skipped" (finished by another process between the caller's check and
         our claim).
         """
-        cfg, run_id = cell.config, cell.run_id
-        if not self.store.claim(run_id):
-            return "busy"
-        started, sink = False, None
+        return self.run_cohort([cell], group=group, job_type=job_type)[0]
+
+    def run_cohort(self, cells_: list[Cell], *, group: str, job_type: str = "distill") -> list[str]:
+        """Run cells that share their inputs (one `cohort_key`) together, each logged as its own run; one status each."""
+        status, claimed = {}, []
+        for cell in cells_:
+            if self.store.claim(cell.run_id):
+                claimed.append(cell)
+            else:
+                status[cell.run_id] = "busy"
         try:
-            if self.store.is_done(run_id):
-                return "skipped"
-            sink = WandbSink(self.wandb_mode, self.wandb_project, self.wandb_entity, self.store.root / "wandb")
-            data = self.data(cfg.dataset)
-            teacher = self.teacher(cfg.teacher)
-            targets, eval_teacher = run_inputs(cfg, data, teacher, log=self.log)
-            init = self.init_params(cfg, data)
-            backend = {"jax": jax.__version__, "backend": jax.default_backend(), "xla_flags": xla_flags.in_effect}
-            meta = {"study": group, "point": cell.point, **backend}
-            damaged = self.store.start(run_id, cfg.to_dict(), meta)
-            started = True
-            for path in damaged:
-                self.log(f"warning: {path} was damaged; it is rewritten as run {run_id} runs again")
-            ckpt = self.store.ckpt_dir(run_id)
-            if self.store.run_dir(run_id) / "history.json" in damaged and ckpt.exists():
-                self.log(f"warning: discarding checkpoint {ckpt}: its run's history was damaged, so run {run_id} "
-                         "restarts from scratch to log a complete history")
-                shutil.rmtree(ckpt, ignore_errors=True)
-            tags = [f"{k}={v}" for k, v in cell.point.items() if k != "seed"]
-            sink.start(run_id, {**cfg.to_dict(), "study": group, **{f"axis/{k}": v for k, v in cell.point.items()},
-                                **{f"env/{k}": v for k, v in backend.items()}},
-                       group=group, job_type=job_type, tags=tags)
+            todo = []
+            for cell in claimed:
+                if self.store.is_done(cell.run_id):
+                    status[cell.run_id] = "skipped"
+                else:
+                    todo.append(cell)
+            if todo:
+                status.update(self._train(todo, group, job_type))
+        finally:
+            for cell in claimed:
+                self.store.release(cell.run_id)
+        return [status[c.run_id] for c in cells_]
 
-            def on_eval(row):
-                self.store.log(run_id, row)
-                sink.log(row)
-
-            def on_resume(step):
-                if step:
-                    self.log(f"resuming run {run_id} ({_describe(cell)}) from its checkpoint at step {step}")
-                self.store.truncate(run_id, step)
-
+    def _train(self, cells_: list[Cell], group: str, job_type: str) -> dict[str, str]:
+        cfg = cells_[0].config
+        data = self.data(cfg.dataset)
+        teacher = self.teacher(cfg.teacher)
+        targets, eval_teacher = run_inputs(cfg, data, teacher, log=self.log)
+        inits = [self.init_params(c.config, data) for c in cells_]
+        backend = {"jax": jax.__version__, "backend": jax.default_backend(), "xla_flags": xla_flags.in_effect}
+        started, sinks = [], []
+        try:
+            members = []
+            for cell, init in zip(cells_, inits):
+                sinks.append(WandbSink(self.wandb_mode, self.wandb_project, self.wandb_entity,
+                                       self.store.root / "wandb"))
+                members.append(self._start(cell, init, sinks[-1], group, job_type, backend, len(cells_)))
+                started.append(cell)
             t0 = time.perf_counter()
-            try:
-                result = train(cfg, data, teacher=teacher, targets=targets, eval_teacher=eval_teacher,
-                               init_params=init, ckpt_dir=ckpt, on_eval=on_eval, on_resume=on_resume,
-                               progress=self.progress, desc=_describe(cell))
-            except NonFiniteError as e:
-                self.store.fail(run_id, str(e), e.step)
-                sink.finish({"status": "failed", "reason": str(e)}, failed=True)
-                self.log(f"run {run_id} ({_describe(cell)}) failed: {e}; the study goes on with the other cells")
-                return "failed"
-            summary = {**result.summary, "wall_s": time.perf_counter() - t0}
-            if teacher is not None:
-                summary["teacher/test/acc"] = teacher.summary.get("last/test/acc")
-                summary["teacher/val/acc"] = teacher.summary.get("last/val/acc")
-            from ablate.train import save_params
-            save_params(self.store.run_dir(run_id) / "params", result.params)
-            self.store.finish(run_id, summary)
-            sink.finish(summary)
-            return "done"
+            results = train_cohort(members, data, teacher=teacher, targets=targets, eval_teacher=eval_teacher,
+                                   progress=self.progress, desc=_describe_cohort(cells_))
+            wall = time.perf_counter() - t0
+            status = {}
+            for cell, sink, result in zip(cells_, sinks, results):
+                run_id = cell.run_id
+                started.remove(cell)
+                if isinstance(result, NonFiniteError):
+                    self.store.fail(run_id, str(result), result.step)
+                    sink.finish({"status": "failed", "reason": str(result)}, failed=True)
+                    self.log(f"run {run_id} ({_describe(cell)}) failed: {result}; the study goes on with the other "
+                             "cells")
+                    status[run_id] = "failed"
+                    continue
+                summary = {**result.summary, "wall_s": wall, "cohort_size": len(cells_)}
+                if teacher is not None:
+                    summary["teacher/test/acc"] = teacher.summary.get("last/test/acc")
+                    summary["teacher/val/acc"] = teacher.summary.get("last/val/acc")
+                save_params(self.store.run_dir(run_id) / "params", result.params)
+                self.store.finish(run_id, summary)
+                sink.finish(summary)
+                status[run_id] = "done"
+            return status
         except Exception as e:
-            # An error that is not the run's own (a bug, a full disk): record it where possible, then stop.
-            if started and not isinstance(e, StoreError):
-                try:
-                    self.store.fail(run_id, f"{type(e).__name__}: {e}")
-                except StoreError:
-                    pass
-            if sink is not None:
+            # An error that is not the runs' own (a bug, a full disk): record it where possible, then stop.
+            for cell in started:  # the runs still open
+                if not isinstance(e, StoreError):
+                    try:
+                        self.store.fail(cell.run_id, f"{type(e).__name__}: {e}")
+                    except StoreError:
+                        pass
+            for sink in sinks:
                 sink.finish({}, failed=True)
             raise
-        finally:
-            self.store.release(run_id)
+
+    def _start(self, cell: Cell, init, sink: WandbSink, group: str, job_type: str, backend: dict,
+               cohort_size: int) -> Member:
+        """Open a cell's run in the store and W&B; the cohort member that trains it."""
+        cfg, run_id = cell.config, cell.run_id
+        meta = {"study": group, "point": cell.point, **backend, "cohort_size": cohort_size}
+        damaged = self.store.start(run_id, cfg.to_dict(), meta)
+        for path in damaged:
+            self.log(f"warning: {path} was damaged; it is rewritten as run {run_id} runs again")
+        ckpt = self.store.ckpt_dir(run_id)
+        if self.store.run_dir(run_id) / "history.json" in damaged and ckpt.exists():
+            self.log(f"warning: discarding checkpoint {ckpt}: its run's history was damaged, so run {run_id} "
+                     "restarts from scratch to log a complete history")
+            shutil.rmtree(ckpt, ignore_errors=True)
+        tags = [f"{k}={v}" for k, v in cell.point.items() if k != "seed"]
+        sink.start(run_id, {**cfg.to_dict(), "study": group, **{f"axis/{k}": v for k, v in cell.point.items()},
+                            **{f"env/{k}": v for k, v in backend.items()}},
+                   group=group, job_type=job_type, tags=tags)
+
+        def on_eval(row):
+            self.store.log(run_id, row)
+            sink.log(row)
+
+        def on_resume(step):
+            if step:
+                self.log(f"resuming run {run_id} ({_describe(cell)}) from its checkpoint at step {step}")
+            self.store.truncate(run_id, step)
+
+        return Member(cfg, init, ckpt, on_eval, on_resume)
 
 
 def _to_stderr(*args, **kwargs) -> None:
@@ -169,3 +218,9 @@ def get_teacher_dataset(name: str) -> str:
 
 def _describe(cell: Cell) -> str:
     return " ".join(f"{k}={v}" for k, v in cell.point.items()) or cell.config.policy
+
+
+def _describe_cohort(cells_: list[Cell]) -> str:
+    if len(cells_) == 1:
+        return _describe(cells_[0])
+    return f"{len(cells_)} runs: " + "; ".join(_describe(c) for c in cells_)

@@ -213,24 +213,44 @@ class Outcome:
     busy: int = 0
 
 
-def run_cells(cells_: list[Cell], run_one: Callable[[Cell], str], is_done: Callable[[str], bool],
-              progress: bool = True, desc: str = "grid") -> Outcome:
-    """Run every cell that is not done, one bar over the grid.
+def cohorts(cells_: list[Cell], key: Callable[[Cell], str | None], size: int) -> list[list[Cell]]:
+    """Cells in grid order, each joined by up to `size` - 1 later cells with the same key (None: alone)."""
+    keys = [key(c) for c in cells_]
+    out, taken = [], set()
+    for i, cell in enumerate(cells_):
+        if i in taken:
+            continue
+        cohort, k = [cell], keys[i]
+        for j in range(i + 1, len(cells_)):
+            if len(cohort) >= size or k is None:
+                break
+            if j not in taken and keys[j] == k:
+                taken.add(j)
+                cohort.append(cells_[j])
+        out.append(cohort)
+    return out
 
-    `run_one` returns "done", "failed", "busy" (another process holds the
-    cell) or "skipped" (another process finished it first). A damaged run
-    folder is not done: its cell runs again and its files are rewritten.
+
+def run_cells(cells_: list[Cell], run_cohort: Callable[[list[Cell]], list[str]], is_done: Callable[[str], bool],
+              progress: bool = True, desc: str = "grid", cohort_key: Callable[[Cell], str | None] | None = None,
+              cohort_size: int = 1) -> Outcome:
+    """Run every cell that is not done, one bar over the grid; cells with one `cohort_key` train together.
+
+    `run_cohort` trains a list of cells and returns each one's status: "done",
+    "failed", "busy" (another process holds the cell) or "skipped" (another
+    process finished it first). A damaged run folder is not done: its cell
+    runs again and its files are rewritten.
     """
-    outcome = Outcome()
-    bar = tqdm(total=len(cells_), desc=desc, unit="run", disable=not progress, dynamic_ncols=True, position=0)
+    outcome = Outcome(skipped=sum(is_done(c.run_id) for c in cells_))
+    todo = [c for c in cells_ if not is_done(c.run_id)]
+    bar = tqdm(total=len(cells_), initial=outcome.skipped, desc=desc, unit="run", disable=not progress,
+               dynamic_ncols=True, position=0)
     try:
-        for cell in cells_:
-            if is_done(cell.run_id):
-                outcome.skipped += 1
-            else:
-                field = {"done": "ran", "failed": "failed", "busy": "busy", "skipped": "skipped"}[run_one(cell)]
+        for cohort in cohorts(todo, cohort_key or (lambda c: None), cohort_size):
+            for status in run_cohort(cohort):
+                field = {"done": "ran", "failed": "failed", "busy": "busy", "skipped": "skipped"}[status]
                 setattr(outcome, field, getattr(outcome, field) + 1)
-            bar.update(1)
+            bar.update(len(cohort))
             bar.set_postfix(ran=outcome.ran, skipped=outcome.skipped, failed=outcome.failed)
     finally:
         bar.close()

@@ -136,7 +136,7 @@ class WandbSink:
                 return wandb.init(id=run_id, resume="allow", project=self.project, entity=self.entity,
                                   group=group, job_type=job_type, tags=tags, name=name or run_id,
                                   config=flatten(config), mode=mode,
-                                  dir=str(self.directory) if self.directory else None, reinit="finish_previous",
+                                  dir=str(self.directory) if self.directory else None, reinit="create_new",
                                   settings=wandb.Settings(init_timeout=init_timeout()))
 
         try:

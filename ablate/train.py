@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from ablate import optim, parallel, views
-from ablate.config import ConfigError, RunConfig
+from ablate.config import ConfigError, RunConfig, content_hash
 from ablate.data import ArraySource, DatasetSplits, balanced_subset
 from ablate.losses import LossSpec
 from ablate.models import build_model
@@ -154,31 +154,65 @@ def make_inputs(policy: Policy, cfg: RunConfig, images, labels, key, s_res: int,
     return xs, xt, labels, coef
 
 
-def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
-                    optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res: int):
-    """The pure training step `(state, teacher_params, targets, batch, key) -> (state, loss)`."""
-    policy = POLICIES.get(cfg.policy)
-    spec = LossSpec.parse(cfg.loss)
-    hp = dict(temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+MEMBER_FIELDS = ("model", "loss", "temperature", "label_smoothing", "lr", "wd", "warmup_frac", "optimizer", "clip",
+                 "init")
+"""Config fields only the student side reads. Runs that differ in nothing else see identical inputs at every step."""
 
-    def step(state: TrainState, teacher_params, targets, batch, key):
+
+def cohort_key(cfg: RunConfig) -> str:
+    """Equal for runs that can train as one cohort: same data order, views, mixup and teacher outputs at every step."""
+    canonical = RunConfig.from_dict(cfg.to_dict()).to_dict()  # ints given for float fields become floats
+    return content_hash({k: v for k, v in canonical.items() if k not in MEMBER_FIELDS})
+
+
+def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
+                     optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
+    """The pure step of a cohort, `(states, teacher_params, targets, batch, key) -> (states, losses)`.
+
+    The views, mixup and the teacher's forward pass are computed once and serve
+    every member (runs with one `cohort_key`); each member then takes its own
+    loss, gradient and update. Members are unrolled, not vmapped: they may be
+    different models, and on CPU a vmapped convolution becomes a slow grouped
+    one (benchmarks/bench_seeds.py).
+    """
+    if len({cohort_key(c) for c in cfgs}) != 1:
+        raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
+    policy = POLICIES.get(cfgs[0].policy)
+    members = [(student, LossSpec.parse(c.loss), dict(temperature=c.temperature, label_smoothing=c.label_smoothing),
+                optimizer) for c, student, optimizer in zip(cfgs, students, optimizers, strict=True)]
+
+    def step(states, teacher_params, targets, batch, key):
         labels = jax.nn.one_hot(batch["label"], num_classes)
-        xs, xt, labels, _ = make_inputs(policy, cfg, batch["image"], labels, key, s_res, t_res)
+        xs, xt, labels, _ = make_inputs(policy, cfgs[0], batch["image"], labels, key, s_res, t_res)
         if policy.runs_teacher:
             zt = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, xt))
         elif policy.fixed_view is not None:
             zt = targets[batch["index"]]
         else:
             zt = jnp.zeros_like(labels)  # label-only losses never read it
+        new_states, losses = [], []
+        for state, (student, spec, hp, optimizer) in zip(states, members):
+            def loss_fn(params, student=student, spec=spec, hp=hp):
+                zs = student.apply({"params": params}, xs)
+                return jnp.mean(spec(zs, zt, labels, **hp))
 
-        def loss_fn(params):
-            zs = student.apply({"params": params}, xs)
-            return jnp.mean(spec(zs, zt, labels, **hp))
+            loss, grads = jax.value_and_grad(loss_fn)(state.params)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            new_states.append(TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1))
+            losses.append(loss)
+        return tuple(new_states), jnp.stack(losses)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), loss
+    return step
+
+
+def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res: int):
+    """The pure training step of one run, `(state, teacher_params, targets, batch, key) -> (state, loss)`."""
+    cohort = make_cohort_step([cfg], [student], teacher, [optimizer], num_classes, s_res, t_res)
+
+    def step(state: TrainState, teacher_params, targets, batch, key):
+        (state,), losses = cohort((state,), teacher_params, targets, batch, key)
+        return state, losses[0]
 
     return step
 
@@ -243,6 +277,17 @@ class RunResult:
     params: Any
 
 
+@dataclasses.dataclass
+class Member:
+    """One run of a cohort: its config, its starting parameters, its checkpoint folder and whom it reports to."""
+
+    cfg: RunConfig
+    init_params: Any = None
+    ckpt_dir: pathlib.Path | None = None
+    on_eval: Callable[[dict], None] | None = None
+    on_resume: Callable[[int], None] | None = None
+
+
 def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
           targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
           init_params: Any = None, ckpt_dir: pathlib.Path | None = None,
@@ -253,114 +298,163 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
     `targets` are the fixed teacher's logits for every training example (fixed
     policies), `eval_teacher` the teacher's logits on the clean val/test views.
     With `ckpt_dir`, state is saved at every evaluation and restored on start.
+    Raises NonFiniteError when the loss or the parameters stop being finite.
     """
+    (result,) = train_cohort([Member(cfg, init_params, ckpt_dir, on_eval, on_resume)], data, teacher=teacher,
+                             targets=targets, eval_teacher=eval_teacher, progress=progress, desc=desc)
+    if isinstance(result, NonFiniteError):
+        raise result
+    return result
+
+
+def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen | None = None,
+                 targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
+                 progress: bool = True, desc: str = "") -> list[RunResult | NonFiniteError]:
+    """Train runs that share their inputs (one `cohort_key`) together: one data stream and one teacher forward.
+
+    Each member evaluates, checkpoints and reports exactly as it would alone
+    (`train`). A member whose loss or parameters stop being finite gets its
+    NonFiniteError in the returned list and the others go on. Members resume
+    from their checkpoints only together, from one step (ValueError otherwise).
+    """
+    cfgs = [m.cfg for m in members]
+    cfg = cfgs[0]
     policy = POLICIES.get(cfg.policy)
     source = student_source(cfg, data)
     total = num_steps(cfg, len(source))
     s_res = cfg.resolution or data.default_resolution
     t_res = teacher.resolution if teacher is not None else s_res
-    student = build_model(cfg.model, data.num_classes)
-    params = init_params
-    if params is None:
-        params = student.init(jax.random.key(cfg.seed), jnp.zeros((1, s_res, s_res, data.image_shape[2])))["params"]
-    optimizer = optim.paper_optimizer(cfg.lr, cfg.wd, total, round(cfg.warmup_frac * total), cfg.clip,
-                                      name=cfg.optimizer)
+    students = [build_model(c.model, data.num_classes) for c in cfgs]
+    dummy = jnp.zeros((1, s_res, s_res, data.image_shape[2]))
+    params = [m.init_params if m.init_params is not None else s.init(jax.random.key(m.cfg.seed), dummy)["params"]
+              for m, s in zip(members, students)]
+    optimizers = [optim.paper_optimizer(c.lr, c.wd, total, round(c.warmup_frac * total), c.clip, name=c.optimizer)
+                  for c in cfgs]
     dp = parallel.DataParallel()
     if cfg.batch_size % dp.size:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dp.size} devices")
     ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
-    state = dp.replicate(TrainState(params, optimizer.init(params), jnp.int32(0)))
-    step_fn = jax.jit(make_train_step(cfg, student, teacher.model if teacher else None, optimizer,
-                                      data.num_classes, s_res, t_res), donate_argnums=(0,))
+    states = dp.replicate(tuple(TrainState(p, o.init(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
+    step_fn = jax.jit(make_cohort_step(cfgs, students, teacher.model if teacher else None, optimizers,
+                                       data.num_classes, s_res, t_res), donate_argnums=(0,))
     t_params = dp.replicate(teacher.params) if (teacher is not None and policy.runs_teacher) else None
     targets = None if targets is None else dp.replicate(jnp.asarray(targets))
     if policy.fixed_view is not None and targets is None:
         raise ValueError(f"policy {cfg.policy} needs the fixed teacher's targets")
     base_key = jax.random.key(cfg.seed)
-
     eval_steps = sorted({0, *(round(total * (i + 1) / cfg.num_evals) for i in range(cfg.num_evals))})
-    tracker = {"best_val": -1.0, "best": {}, "last": {}, "loss_sum": 0.0, "loss_count": 0}
-    history: list[dict] = []
 
-    manager = _checkpoint_manager(ckpt_dir) if ckpt_dir is not None else None
-    start = 0
-    if manager is not None and manager.latest_step() is not None:
-        try:
-            state, tracker = _restore(manager, state, tracker)
-        except Exception as e:  # noqa: BLE001 - a truncated or corrupted checkpoint: report, discard, start afresh
-            manager = _discard_checkpoint(manager, ckpt_dir, e)
-            on_resume and on_resume(0)
-        else:
-            start = int(state.step)
-            if on_resume:
-                on_resume(start)
+    trackers = [{"best_val": -1.0, "best": {}, "last": {}, "loss_sum": 0.0, "loss_count": 0} for _ in members]
+    histories: list[list[dict]] = [[] for _ in members]
+    errors: list[NonFiniteError | None] = [None for _ in members]
+    managers = [None if m.ckpt_dir is None else _checkpoint_manager(m.ckpt_dir) for m in members]
+    states, starts = _restore_all(members, managers, states, trackers)
+    start = starts[0]
 
-    def evaluate(step: int, params) -> dict:
-        now = time.perf_counter()
-        tracker["train_s"] = tracker.get("train_s", 0.0) + now - clock[0]
-        clock[0] = now
+    def evaluate(j: int, step: int, params) -> None:
+        tracker = trackers[j]
         row = {"step": step, "epoch": step * cfg.batch_size / len(source), "time/train_s": tracker["train_s"]}
         if tracker["loss_count"]:
             row["train/loss"] = tracker["loss_sum"] / tracker["loss_count"]
         tracker["loss_sum"], tracker["loss_count"] = 0.0, 0
         for split in ("val", "test"):
             src = getattr(data, split)
-            logits = predict(student, params, src, data.eval_view, s_res)
+            logits = predict(students[j], params, src, data.eval_view, s_res)
             zt = None if eval_teacher is None else eval_teacher[split]
             row.update(eval_metrics(logits, zt, np.asarray(src.labels), split))
         tracker["last"] = dict(row)
         if row["val/acc"] > tracker["best_val"]:
             tracker["best_val"] = row["val/acc"]
             tracker["best"] = dict(row)
-        return row
+        histories[j].append(row)
+        members[j].on_eval and members[j].on_eval(row)
+
+    def evaluate_all(step: int) -> None:
+        now = time.perf_counter()
+        for j, tracker in enumerate(trackers):  # wall time counted into tracker["train_s"] (survives resumes)
+            tracker["train_s"] = tracker.get("train_s", 0.0) + now - clock[0]
+        clock[0] = now
+        for j in alive():
+            if step and not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(states[j].params)):
+                errors[j] = NonFiniteError(step, "parameters")
+                continue
+            evaluate(j, step, states[j].params)
+            if managers[j] is not None and step:
+                _save(managers[j], step, states[j], trackers[j])
+        if alive():
+            bar.set_postfix(val=",".join(f"{trackers[j]['last']['val/acc']:.3f}" for j in alive()))
+
+    def alive() -> list[int]:
+        return [j for j, e in enumerate(errors) if e is None]
 
     bar = tqdm(total=total, initial=start, desc=desc or cfg.policy, disable=not progress,
                unit="step", dynamic_ncols=True, leave=False)
     pending: list[tuple[int, jax.Array]] = []
-    clock = [time.perf_counter()]  # wall time counted into tracker["train_s"] (survives resumes)
+    clock = [time.perf_counter()]
 
     def drain():
         if not pending:
             return
-        losses = np.asarray(jnp.stack([l for _, l in pending]))
-        bad = ~np.isfinite(losses)
-        if bad.any():
-            raise NonFiniteError(pending[int(np.argmax(bad))][0], "loss")
-        tracker["loss_sum"] += float(losses.sum())
-        tracker["loss_count"] += len(losses)
+        losses = np.asarray(jnp.stack([l for _, l in pending]))  # (steps, members)
+        for j in alive():
+            bad = ~np.isfinite(losses[:, j])
+            if bad.any():
+                errors[j] = NonFiniteError(pending[int(np.argmax(bad))][0], "loss")
+            else:
+                trackers[j]["loss_sum"] += float(losses[:, j].sum())
+                trackers[j]["loss_count"] += len(losses)
         pending.clear()
 
     try:
         if start == 0 and 0 in eval_steps:
-            row = evaluate(0, state.params)
-            history.append(row)
-            on_eval and on_eval(row)
+            evaluate_all(0)
         for step in range(start, total):
             batch = dp.shard(ds[step])
-            state, loss = step_fn(state, t_params, targets, batch, jax.random.fold_in(base_key, step))
-            pending.append((step, loss))
+            states, losses = step_fn(states, t_params, targets, batch, jax.random.fold_in(base_key, step))
+            pending.append((step, losses))
             if len(pending) >= 25 or step + 1 in eval_steps:
                 drain()
                 bar.update(step + 1 - bar.n)
             if step + 1 in eval_steps:
-                if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)):
-                    raise NonFiniteError(step + 1, "parameters")
-                row = evaluate(step + 1, state.params)
-                history.append(row)
-                bar.set_postfix(val=f"{row['val/acc']:.3f}")
-                on_eval and on_eval(row)
-                if manager is not None:
-                    _save(manager, step + 1, state, tracker)
+                evaluate_all(step + 1)
+            if not alive():
+                break
     finally:
         bar.close()
-        if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+        for manager in managers:
+            if manager is not None:
+                manager.wait_until_finished()
+                manager.close()
 
-    summary = {**{f"best/{k}": v for k, v in tracker["best"].items()},
-               **{f"last/{k}": v for k, v in tracker["last"].items()},
-               "total_steps": total, "train_examples": len(source)}
-    return RunResult(history, summary, state.params)
+    results: list[RunResult | NonFiniteError] = []
+    for j, tracker in enumerate(trackers):
+        summary = {**{f"best/{k}": v for k, v in tracker["best"].items()},
+                   **{f"last/{k}": v for k, v in tracker["last"].items()},
+                   "total_steps": total, "train_examples": len(source)}
+        results.append(errors[j] or RunResult(histories[j], summary, states[j].params))
+    return results
+
+
+def _restore_all(members, managers, states, trackers):
+    """Each member's state and tracker from its checkpoint (a damaged one is reported and discarded); one start step."""
+    states, starts = list(states), []
+    for j, (member, manager) in enumerate(zip(members, managers)):
+        start = 0
+        if manager is not None and manager.latest_step() is not None:
+            try:
+                states[j], trackers[j] = _restore(manager, states[j], trackers[j])
+            except Exception as e:  # noqa: BLE001 - a truncated or corrupted checkpoint: report, discard, start afresh
+                managers[j] = _discard_checkpoint(manager, member.ckpt_dir, e)
+            else:
+                start = int(states[j].step)
+            member.on_resume and member.on_resume(start)
+        starts.append(start)
+    if len(set(starts)) > 1:
+        for manager in managers:
+            manager is not None and manager.close()
+        raise ValueError(f"a cohort's runs must resume from one step, but their checkpoints are at steps {starts}; "
+                         "resume them one by one")
+    return tuple(states), starts
 
 
 def _checkpoint_manager(ckpt_dir: pathlib.Path) -> ocp.CheckpointManager:

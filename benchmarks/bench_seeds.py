@@ -1,5 +1,11 @@
-"""Benchmark 3: S seeds at once, vectorised (jax.vmap, one program) or as two processes, vs one after another.
+"""Benchmark 3: S runs at once in one compiled program (a cohort, or jax.vmap), or as two processes, vs one after another.
 
+* cohort: what `ablate run` does with cells that differ only in student-side
+  fields (lr, wd, loss, temperature, model, ...): `make_cohort_step` over S
+  students, the views and the teacher's forward computed once per step, each
+  student's update unrolled; compared with S calls of the plain step, for
+  S = 2, 4 and 8 and an on-the-fly (funmatch) and a fixed-teacher (fix/rs) policy.
+  Figure: throughput ratio S x time(step) / time(cohort step).
 * vmap: ablate's funmatch step under `jax.vmap` over the TrainState, the batch
   and the key (the teacher's parameters shared), jitted once, for S = 2 and 4;
   compared with S calls of the plain step. Figure: throughput ratio
@@ -10,6 +16,7 @@
   time vs one alone; figure: total throughput ratio 2 x time(alone) / time(both).
 
     .venv/bin/python -m benchmarks.bench_seeds [--reps 5] [--block-s 1.5] [--seeds 2,4] [--impls xla,matmul]
+                                               [--cohorts 2,4,8] [--policies funmatch,fix/rs] [--no-vmap]
                                                [--no-processes]
 """
 
@@ -86,6 +93,30 @@ def vmap_part(args) -> dict:
     return {"times_s": times, "compile_s": compile_s, "summary": summary}
 
 
+def cohort_part(args) -> dict:
+    import time
+
+    sizes = [int(s) for s in args.cohorts.split(",")]
+    contenders, compile_s = {}, {}
+    for policy in args.policies.split(","):
+        for s in [1, *sizes]:
+            print(f"compiling the {policy} step for a cohort of {s}")
+            step = common.make_jax_step(policy, args.batch, cohort=s)
+            t0 = time.perf_counter()
+            step.run(1)
+            compile_s[f"{policy}/cohort{s}"] = time.perf_counter() - t0
+            contenders[f"{policy}/cohort{s}"] = step.run
+    print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
+    times = common.alternate(contenders, args.reps, args.block_s)
+    summary = {}
+    for policy in args.policies.split(","):
+        for s in sizes:
+            r = common.ratio([s * t for t in times[f"{policy}/cohort1"]], times[f"{policy}/cohort{s}"])
+            summary[f"{policy}/cohort{s}"] = {"throughput_vs_sequential": r}
+            print(f"  {policy}, cohort of {s}: throughput / sequential = {common.fmt(r)}")
+    return {"times_s": times, "compile_s": compile_s, "summary": summary}
+
+
 def process_part(args) -> dict:
     impls = args.impls.split(",")
     workers = []
@@ -122,9 +153,14 @@ def process_part(args) -> dict:
 def main(argv=None) -> dict:
     ap = common.parser(__doc__, block_s=1.5)
     ap.add_argument("--seeds", default="2,4", help="numbers of seeds vmapped at once (default 2,4)")
+    ap.add_argument("--cohorts", default="2,4,8", help="cohort sizes (default 2,4,8)")
+    ap.add_argument("--policies", default="funmatch,fix/rs", help="policies of the cohort part (default funmatch,fix/rs)")
+    ap.add_argument("--no-vmap", action="store_true", help="skip the vmapped-seeds comparison")
     ap.add_argument("--no-processes", action="store_true", help="skip the two-process comparison")
     args = ap.parse_args(argv)
-    result = {"config": vars(args), "vmap": vmap_part(args)}
+    result = {"config": vars(args), "cohort": cohort_part(args)}
+    if not args.no_vmap:
+        result["vmap"] = vmap_part(args)
     if not args.no_processes:
         result["processes"] = process_part(args)
     common.save("seeds", result)

@@ -211,12 +211,14 @@ def _fashion_mnist():
 
 def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "xla",
                   student: str = "resnet_s", teacher: str = "resnet_t", num_batches: int = 4,
-                  total_steps: int = 10_000, seed: int = 0, groupnorm: str = "ablate") -> JaxStep:
+                  total_steps: int = 10_000, seed: int = 0, groupnorm: str = "ablate", cohort: int = 1) -> JaxStep:
     """ablate's own step (`ablate.train.make_train_step` + `optim.paper_optimizer`), jitted with donation as in
     `ablate.train.train`, on real Fashion-MNIST batches already on the device. The teacher has random weights
     (its head too, so its logits are not all zero): throughput does not depend on what it learnt.
     `impl` picks StdConv's implementation and `groupnorm` a GroupNorm variant of `bench_groupnorm` ("ablate" is
-    ablate's own), both swapped in while the models are traced; parameter trees are unchanged."""
+    ablate's own), both swapped in while the models are traced; parameter trees are unchanged. With `cohort` > 1
+    the step is `make_cohort_step` over that many students (seeds seed, seed + 1, ...; learning rates 3e-2 x 1,
+    x 0.9, ...) sharing the views and the teacher's forward; its state is a tuple."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -225,23 +227,30 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     from ablate.config import RunConfig
     from ablate.models import build_model
     from ablate.policies import POLICIES
-    from ablate.train import TrainState, make_train_step
+    from ablate.train import TrainState, make_cohort_step, make_train_step
 
     cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
+    cfgs = [cfg.replace(lr=cfg.lr * 0.9 ** k) for k in range(cohort)]
     pol = POLICIES.get(policy)
     x = jnp.zeros((1, 28, 28, 1))
     with _variants(impl, groupnorm):
         s_model, t_model = build_model(student, 10), build_model(teacher, 10)
-        params = s_model.init(jax.random.key(seed), x)["params"]
+        params = [s_model.init(jax.random.key(seed + k), x)["params"] for k in range(cohort)]
         t_params = None
         if pol.runs_teacher:
             t_params = t_model.init(jax.random.key(seed + 1), x)["params"]
             t_params = randomise_head(t_params, seed + 2)
-        opt = optim.paper_optimizer(cfg.lr, cfg.wd, total_steps, round(cfg.warmup_frac * total_steps), cfg.clip)
-        fn = _traced_under(make_train_step(cfg, s_model, t_model if pol.runs_teacher else None, opt, 10, 28, 28),
-                           impl, groupnorm)  # the variants only matter while jax traces the step
+        opts = [optim.paper_optimizer(c.lr, c.wd, total_steps, round(c.warmup_frac * total_steps), c.clip)
+                for c in cfgs]
+        teacher = t_model if pol.runs_teacher else None
+        if cohort == 1:
+            fn = make_train_step(cfg, s_model, teacher, opts[0], 10, 28, 28)
+        else:
+            fn = make_cohort_step(cfgs, [s_model] * cohort, teacher, opts, 10, 28, 28)
+        fn = _traced_under(fn, impl, groupnorm)  # the variants only matter while jax traces the step
         step = jax.jit(fn, donate_argnums=(0,))
-    state = TrainState(params, opt.init(params), jnp.int32(0))
+    states = tuple(TrainState(p, o.init(p), jnp.int32(0)) for p, o in zip(params, opts))
+    state = states[0] if cohort == 1 else states
     targets = None
     if pol.fixed_view is not None:
         targets = jnp.asarray(np.random.default_rng(seed).normal(size=(500, 10)).astype(np.float32))

@@ -1,0 +1,211 @@
+"""Cohorts: runs that differ only in student-side fields train together, sharing the views and the teacher's forward.
+
+The promise tested here is that a cohort changes nothing but speed: each member
+ends bit-identical to the same run trained alone, fails alone, resumes alone,
+and is logged as its own run in the store and in W&B.
+"""
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from ablate.cli import main
+from ablate.config import RunConfig
+from ablate.runner import Runner
+from ablate.store import RunStore
+from ablate.study import Cell, cells, cohorts, load_study
+from ablate.teachers import run_inputs
+from ablate.train import Member, NonFiniteError, cohort_key, make_cohort_step, train, train_cohort
+
+QUIET = dict(progress=False)
+
+
+def cfg(**kw):
+    """A tiny funmatch config: resnet_xs student, fmnist_xs teacher, 500 images, 40 steps."""
+    base = dict(dataset="fashion_mnist", teacher="fmnist_xs", model="resnet_xs", policy="funmatch", loss="kl",
+                subset_per_class=50, batch_size=50, epochs=4, lr=1e-2, warmup_frac=0.1, num_evals=2)
+    return RunConfig(**{**base, **kw})
+
+
+A = cfg()
+B = cfg(lr=3e-2, temperature=2.0, loss="kl + 0.5*label_ce", model="resnet_s")  # another model, loss, lr, T
+
+
+def no_time(row):
+    return {k: v for k, v in row.items() if "time/" not in k}
+
+
+def assert_same_run(a, b):
+    """Bit-identical parameters, and equal histories and summaries (wall-clock times aside)."""
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [no_time(r) for r in a.history] == [no_time(r) for r in b.history]
+    assert no_time(a.summary) == no_time(b.summary)
+
+
+@pytest.fixture(scope="module")
+def inputs(teacher, fmnist_small):
+    _, eval_teacher = run_inputs(A, fmnist_small, teacher)
+    return dict(teacher=teacher, eval_teacher=eval_teacher, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def alone(inputs, fmnist_small):
+    """A and B each trained alone."""
+    return {c: train(c, fmnist_small, **inputs) for c in (A, B)}
+
+
+def test_cohort_key_ignores_student_side_fields_only():
+    """lr, wd, loss, temperature, model, ... may differ within a cohort; the policy, seed or data may not."""
+    assert cohort_key(A) == cohort_key(B) == cohort_key(A.replace(wd=1e-3, clip=0.5, optimizer="lion"))
+    for change in (dict(policy="same/ic"), dict(seed=1), dict(subset_per_class=20), dict(epochs=5),
+                   dict(batch_size=25), dict(mixup_p=0.5), dict(teacher="fmnist_t")):
+        assert cohort_key(A.replace(**change)) != cohort_key(A), change
+    with pytest.raises(ValueError, match="may differ only in model, loss, temperature"):
+        make_cohort_step([A, A.replace(seed=1)], [None, None], None, [None, None], 10, 28, 28)
+
+
+def test_members_end_bit_identical_to_runs_alone(alone, inputs, fmnist_small):
+    """Two runs with different students, losses, lrs and temperatures trained as one cohort each end exactly
+    where they end alone: same parameters, same metrics at every evaluation."""
+    together = train_cohort([Member(A), Member(B)], fmnist_small, **inputs)
+    assert [r["step"] for r in together[1].history] == [0, 20, 40]
+    for c, result in zip((A, B), together):
+        assert_same_run(result, alone[c])
+
+
+def test_a_diverging_member_fails_alone(alone, inputs, fmnist_small):
+    """lr=1e38 overflows at the first update: that member gets its NonFiniteError, the other trains to the end
+    exactly as it would alone."""
+    bad = A.replace(lr=1e38, warmup_frac=0.0)
+    failed, good = train_cohort([Member(bad), Member(A)], fmnist_small, **inputs)
+    assert isinstance(failed, NonFiniteError) and (failed.step, failed.reason) == (1, "loss")
+    assert_same_run(good, alone[A])
+
+
+def test_an_interrupted_cohort_resumes_run_by_run(alone, inputs, fmnist_small, tmp_path):
+    """A cohort killed after its first checkpoint leaves each member a checkpoint; each resumes alone from it and
+    ends bit-identical to an uninterrupted run."""
+    seen = []
+
+    def interrupt(row):
+        seen.append(row["step"])
+        if row["step"] == 40:
+            raise KeyboardInterrupt
+
+    members = [Member(A, ckpt_dir=tmp_path / "a", on_eval=interrupt), Member(B, ckpt_dir=tmp_path / "b")]
+    with pytest.raises(KeyboardInterrupt):
+        train_cohort(members, fmnist_small, **inputs)
+    assert seen == [0, 20, 40]
+    for c, folder in ((A, "a"), (B, "b")):
+        resumed_at = []
+        rest = train(c, fmnist_small, ckpt_dir=tmp_path / folder, on_resume=resumed_at.append, **inputs)
+        assert resumed_at == [20] and [r["step"] for r in rest.history] == [40]
+        assert_same_run(rest, dataclasses.replace(alone[c], history=alone[c].history[-1:]))
+
+
+def test_members_resume_together_only_from_one_step(inputs, fmnist_small, tmp_path):
+    """Members whose checkpoints sit at different steps cannot step together: a clear ValueError."""
+    def stop_at(step):
+        def on_eval(row):
+            if row["step"] == step:
+                raise KeyboardInterrupt
+        return on_eval
+
+    for folder, step in (("a", 40), ("b", 20)):  # a: checkpoint at 20; b: none (it stops at its first eval)
+        with pytest.raises(KeyboardInterrupt):
+            train(A, fmnist_small, ckpt_dir=tmp_path / folder, on_eval=stop_at(step), **inputs)
+    members = [Member(A, ckpt_dir=tmp_path / "a"), Member(A.replace(lr=3e-2), ckpt_dir=tmp_path / "b")]
+    with pytest.raises(ValueError, match=r"resume from one step, but their checkpoints are at steps \[20, 0\]"):
+        train_cohort(members, fmnist_small, **inputs)
+
+
+def test_cohorts_keep_grid_order_and_size():
+    """Each cohort starts at the first cell not yet taken and gathers later cells with its key, up to the size;
+    cells without a key train alone."""
+    grid = [Cell(A.replace(seed=s, lr=lr), {"seed": s, "lr": lr}) for s in (0, 1) for lr in (1e-3, 1e-2, 1e-1)]
+    grid.append(Cell(A.replace(policy="fix/rs"), {"policy": "fix/rs"}))
+    key = lambda c: None if c.config.policy == "fix/rs" else c.config.seed  # noqa: E731
+    points = [[c.point for c in co] for co in cohorts(grid, key, 2)]
+    assert points == [[{"seed": 0, "lr": 1e-3}, {"seed": 0, "lr": 1e-2}], [{"seed": 0, "lr": 1e-1}],
+                      [{"seed": 1, "lr": 1e-3}, {"seed": 1, "lr": 1e-2}], [{"seed": 1, "lr": 1e-1}],
+                      [{"policy": "fix/rs"}]]
+    assert [len(co) for co in cohorts(grid, key, 1)] == [1] * 7
+
+
+def test_only_on_the_fly_cells_without_checkpoints_form_cohorts(tmp_path):
+    """Fixed-teacher and label-only cells gain nothing from a cohort (no teacher forward to share), and a cell
+    with a checkpoint resumes alone."""
+    runner = Runner(RunStore(tmp_path / "store"), "disabled", progress=False)
+    on_the_fly, fixed = Cell(A, {}), Cell(A.replace(policy="fix/rs"), {})
+    label_only = Cell(A.replace(policy="supervised", loss="label_ce", teacher=None), {})
+    assert runner.cohort_key(on_the_fly) == cohort_key(A)
+    assert runner.cohort_key(fixed) is None and runner.cohort_key(label_only) is None
+    runner.store.ckpt_dir(on_the_fly.run_id).mkdir(parents=True)
+    assert runner.cohort_key(on_the_fly) is None
+
+
+STUDY = textwrap.dedent("""
+    from ablate.study import Study
+
+    STUDY = Study(
+        name="cohort",
+        question="Do cohorts log each run as its own?",
+        base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4,
+                  num_evals=2),
+        axes=dict(policy=["funmatch", "fix/rs"], lr=[1e-2, 3e-2]),
+    )
+""")
+
+
+def test_a_study_runs_cohorts_into_store_and_wandb(teacher, tmp_path):
+    """`ablate run` trains the two funmatch cells as one cohort and the fix/rs cells alone; every run has its
+    own store folder (meta/cohort_size) and its own offline W&B run, and every summary equals the one of the
+    same study run with --cohort-size 1."""
+    study = tmp_path / "cohort.py"
+    study.write_text(STUDY)
+    stores = {n: tmp_path / f"store{n}" for n in (1, 4)}
+    for n, store in stores.items():
+        flags = ["--wandb", "offline" if n == 4 else "disabled", "--no-progress", "--cohort-size", str(n)]
+        assert main(["run", str(study), "--store", str(store), *flags]) == 0
+    grid = cells(load_study(str(study)))
+    sizes = {}
+    for c in grid:
+        config = json.loads((stores[4] / c.run_id / "config.json").read_text())
+        sizes[c.point["policy"], c.point["lr"]] = config["meta"]["cohort_size"]
+        summaries = [json.loads((s / c.run_id / "summary.json").read_text()) for s in stores.values()]
+        for s in summaries:
+            s.pop("wall_s"), s.pop("cohort_size")
+        assert no_time(summaries[0]) == no_time(summaries[1]), c.point
+    assert sizes == {("funmatch", 1e-2): 2, ("funmatch", 3e-2): 2, ("fix/rs", 1e-2): 1, ("fix/rs", 3e-2): 1}
+    run_dirs = sorted((stores[4] / "wandb" / "wandb").glob("offline-run-*"))
+    assert sorted(d.name.rsplit("-", 1)[1] for d in run_dirs) == sorted(c.run_id for c in grid)
+    wandb = pathlib.Path(sys.executable).with_name("wandb")
+    for c in grid:
+        if c.point["policy"] == "funmatch":  # the cohort's two W&B runs were open at once
+            run_dir = next(d for d in run_dirs if d.name.endswith(c.run_id))
+            out = subprocess.run([str(wandb), "leet", "inspect", "--json", str(run_dir)], capture_output=True,
+                                 text=True, timeout=120, check=True).stdout
+            records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+            history = [r["history"]["item"] for r in records if r.get("type") == "history"]
+            local = json.loads((stores[4] / c.run_id / "history.json").read_text())
+            assert [h["test/acc"] for h in history] == [r["test/acc"] for r in local]
+
+
+def test_bad_cohort_size_exits_2(tmp_path, capsys):
+    """--cohort-size must be a whole number >= 1."""
+    study = tmp_path / "cohort.py"
+    study.write_text(STUDY)
+    for value in ("0", "two"):
+        with pytest.raises(SystemExit) as e:
+            main(["run", str(study), "--store", str(tmp_path / "store"), "--cohort-size", value])
+        assert e.value.code == 2
+        assert f"--cohort-size: must be a whole number >= 1, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
