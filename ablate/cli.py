@@ -218,7 +218,7 @@ def cmd_run(args) -> int:
         grid = select_cell(grid, args.cell, study.name, args.preset)
     grid = shard(grid, args.shard)
     if args.dry_run:
-        print(estimate.describe_grid(study, grid, args.preset))
+        print(estimate.describe_grid(study, grid, args.preset, args.cohort_size))
         return 0
     runner = _runner(args)
     runner.preflight([c for c in grid if not runner.store.is_done(c.run_id)])  # bad input fails before any run

@@ -106,7 +106,8 @@ def cell_cost(cfg) -> dict:
 
     facts = dataset_facts(cfg.dataset)
     if facts is None:
-        return {"steps": None, "flops": None, "train_flops": None, "eval_flops": None, "once": {}}
+        return {"steps": None, "flops": None, "train_flops": None, "eval_flops": None, "teacher_train_flops": 0.0,
+                "once": {}}
     n = facts.num_classes * cfg.subset_per_class if cfg.subset_per_class else facts.train
     steps = _steps(cfg, n)
     images = steps * cfg.batch_size
@@ -114,7 +115,7 @@ def cell_cost(cfg) -> dict:
     student = forward_flops(cfg.model, facts.num_classes, res, facts.channels)
     train_flops = 3 * student * images
     eval_flops = (cfg.num_evals + 1) * (facts.val + facts.test) * student
-    once = {}
+    once, teacher_train = {}, 0.0
     policy = POLICIES.get(cfg.policy)
     if cfg.teacher is not None and policy.teacher:
         entry = TEACHERS.get(cfg.teacher)
@@ -122,7 +123,8 @@ def cell_cost(cfg) -> dict:
         t_facts = dataset_facts(t.dataset) or facts
         teacher = forward_flops(t.model, t_facts.num_classes, t.resolution or t_facts.resolution, facts.channels)
         if policy.runs_teacher:
-            train_flops += teacher * images
+            teacher_train = teacher * images
+            train_flops += teacher_train
         else:
             k = cfg.ens_crops if policy.fixed_view == "ic_ens" else 1
             key = ("targets", cfg.teacher, cfg.dataset, cfg.subset_per_class, cfg.subset_seed, policy.fixed_view,
@@ -133,10 +135,20 @@ def cell_cost(cfg) -> dict:
             t_cost = cell_cost(t)
             once[("teacher-train", cfg.teacher)] = (t_cost["flops"] or 0.0) + sum(t_cost["once"].values())
     return {"steps": steps, "flops": train_flops + eval_flops, "train_flops": train_flops,
-            "eval_flops": eval_flops, "once": once}
+            "eval_flops": eval_flops, "teacher_train_flops": teacher_train, "once": once}
 
 
-def describe_grid(study, grid, preset) -> str:
+def shared_teacher_flops(grid, cohort_size: int) -> tuple[float, int]:
+    """Training FLOPs of the teacher's forward that cohorts save (each cohort runs it once), and the cohort count."""
+    from ablate.study import cohorts
+    from ablate.train import cohort_key
+
+    key = lambda c: cohort_key(c.config) if POLICIES.get(c.config.policy).runs_teacher else None  # noqa: E731
+    groups = [co for co in cohorts(grid, key, cohort_size) if len(co) > 1]
+    return sum(cell_cost(c.config)["teacher_train_flops"] for co in groups for c in co[1:]), len(groups)
+
+
+def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
     lines = [f"study {study.name} (preset {preset or 'default'}): {len(grid)} runs", f"  {study.question}", ""]
     total_steps, train_flops, eval_flops, once, unknown = 0, 0.0, 0.0, {}, 0
     for cell in grid:
@@ -158,6 +170,10 @@ def describe_grid(study, grid, preset) -> str:
     lines.append(f"total: {total_steps:,} steps, {_flops(total)}: {_flops(train_flops)} training, "
                  f"{_flops(eval_flops)} evaluation, {_flops(once_flops)} one-off teacher work "
                  "(fixed targets, teacher logits, training uncached teachers)")
+    shared, n_cohorts = shared_teacher_flops(grid, cohort_size)
+    if n_cohorts:  # not taken off the estimate: the student's FLOPs run slower than the teacher's on CPU
+        lines.append(f"  {n_cohorts} cohort(s) of up to {cohort_size} runs share the teacher's forward pass: "
+                     f"{_flops(shared)} of the training above is not computed (not taken off the times below)")
     datasets = sorted({c.config.dataset for c in grid})
     for name in datasets:
         f = dataset_facts(name)

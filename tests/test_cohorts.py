@@ -209,3 +209,21 @@ def test_bad_cohort_size_exits_2(tmp_path, capsys):
         assert e.value.code == 2
         assert f"--cohort-size: must be a whole number >= 1, got '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_dry_run_names_the_cohorts(tmp_path, capsys):
+    """--dry-run says which cells share the teacher's forward pass, and how much training that leaves out."""
+    from ablate.estimate import _flops, cell_cost
+
+    study = tmp_path / "cohort.py"
+    study.write_text(STUDY)
+    funmatch = next(c for c in cells(load_study(str(study))) if c.point["policy"] == "funmatch")
+    saved = cell_cost(funmatch.config)["teacher_train_flops"]
+    assert saved > 0
+    assert main(["run", str(study), "--dry-run", "--store", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert "1 cohort(s) of up to 4 runs share the teacher's forward pass" in out
+    assert f": {_flops(saved)} of the training above is not computed" in out
+    assert main(["run", str(study), "--dry-run", "--cohort-size", "1", "--store", str(tmp_path / "store")]) == 0
+    assert "share the teacher" not in capsys.readouterr().out
+    assert not (tmp_path / "store").exists()
