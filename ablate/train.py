@@ -314,8 +314,9 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
 
     Each member evaluates, checkpoints and reports exactly as it would alone
     (`train`). A member whose loss or parameters stop being finite gets its
-    NonFiniteError in the returned list and the others go on. Members resume
-    from their checkpoints only together, from one step (ValueError otherwise).
+    NonFiniteError in the returned list and the others go on (the one program
+    still computes its update; nothing of it is logged). Members resume from
+    their checkpoints only together, from one step (ValueError otherwise).
     """
     cfgs = [m.cfg for m in members]
     cfg = cfgs[0]
@@ -371,7 +372,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
 
     def evaluate_all(step: int) -> None:
         now = time.perf_counter()
-        for j, tracker in enumerate(trackers):  # wall time counted into tracker["train_s"] (survives resumes)
+        for tracker in trackers:  # wall time counted into tracker["train_s"] (survives resumes)
             tracker["train_s"] = tracker.get("train_s", 0.0) + now - clock[0]
         clock[0] = now
         for j in alive():
@@ -451,7 +452,8 @@ def _restore_all(members, managers, states, trackers):
         starts.append(start)
     if len(set(starts)) > 1:
         for manager in managers:
-            manager is not None and manager.close()
+            if manager is not None:
+                manager.close()
         raise ValueError(f"a cohort's runs must resume from one step, but their checkpoints are at steps {starts}; "
                          "resume them one by one")
     return tuple(states), starts

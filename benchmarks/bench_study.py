@@ -4,7 +4,7 @@ Part A runs a study through `ablate run` in this process, instrumented from
 outside (ablate's functions wrapped, jax.monitoring listeners), and splits its
 wall time into: compile (jaxpr trace + MLIR lowering + XLA backend compile,
 from the '/jax/core/compile/*' duration events), data (`ds[step]` and
-`DataParallel.shard`), train steps (the rest of `ablate.train.train`: the
+`DataParallel.shard`), train steps (the rest of `ablate.train.train_cohort`: the
 loop dispatching steps and waiting on them), evaluation (`predict`,
 `eval_metrics`), checkpoints (orbax saves), logging (run store and W&B sink),
 set-up (dataset, teacher, teacher targets) and other (the CLI, study
@@ -152,12 +152,12 @@ def instrument(tl: Timeline):
                              (runner, "run_inputs", "setup"), (train, "predict", "evaluation"),
                              (train, "eval_metrics", "evaluation"), (train, "_save", "checkpoints"),
                              (train, "_restore", "checkpoints"), (train, "_checkpoint_manager", "checkpoints"),
-                             (train, "save_params", "checkpoints"), (parallel.DataParallel, "shard", "data"),
+                             (runner, "save_params", "checkpoints"), (parallel.DataParallel, "shard", "data"),
                              (store.RunStore, "log", "logging"), (store.RunStore, "start", "logging"),
                              (store.RunStore, "finish", "logging"), (store.RunStore, "claim", "logging"),
                              (store.RunStore, "release", "logging"), (tracking.WandbSink, "start", "logging"),
                              (tracking.WandbSink, "log", "logging"), (tracking.WandbSink, "finish", "logging"),
-                             (runner, "train", "train steps")]:
+                             (runner, "train_cohort", "train steps")]:
         tl.wrap(owner, name, cat)
     original_batches = train.batches
     train.batches = lambda *a, **k: _CountingBatches(original_batches(*a, **k), tl)
