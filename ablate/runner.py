@@ -65,7 +65,7 @@ class Runner:
         """Cells with equal keys train as one cohort; None for a cell that trains alone.
 
         Only policies that run the teacher during training form cohorts: sharing
-        its forward pass is what pays (benchmarks/bench_seeds.py: ~1.8x for 4
+        its forward pass is what pays (benchmarks/bench_seeds.py: 1.4-1.8x for 4
         funmatch students, ~1.0x for fixed-teacher ones). A cell that resumes
         from its checkpoint runs alone, from its own step.
         """
