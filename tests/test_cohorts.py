@@ -165,25 +165,36 @@ STUDY = textwrap.dedent("""
 """)
 
 
-def test_a_study_runs_cohorts_into_store_and_wandb(teacher, tmp_path):
-    """`ablate run` trains the two funmatch cells as one cohort and the fix/rs cells alone; every run has its
-    own store folder (meta/cohort_size) and its own offline W&B run, and every summary equals the one of the
-    same study run with --cohort-size 1."""
-    study = tmp_path / "cohort.py"
+def summary(store, run_id):
+    """A run's summary without wall-clock figures and its cohort size."""
+    s = json.loads((store / run_id / "summary.json").read_text())
+    return no_time({k: v for k, v in s.items() if k not in ("wall_s", "cohort_size")})
+
+
+@pytest.fixture(scope="module")
+def study_runs(teacher, tmp_path_factory):
+    """The cohort study run with --cohort-size 4 (W&B offline) and with --cohort-size 1, into two stores."""
+    tmp = tmp_path_factory.mktemp("cohort_study")
+    study = tmp / "cohort.py"
     study.write_text(STUDY)
-    stores = {n: tmp_path / f"store{n}" for n in (1, 4)}
+    stores = {n: tmp / f"store{n}" for n in (1, 4)}
     for n, store in stores.items():
         flags = ["--wandb", "offline" if n == 4 else "disabled", "--no-progress", "--cohort-size", str(n)]
         assert main(["run", str(study), "--store", str(store), *flags]) == 0
+    return study, stores
+
+
+def test_a_study_runs_cohorts_into_store_and_wandb(study_runs):
+    """`ablate run` trains the two funmatch cells as one cohort and the fix/rs cells alone; every run has its
+    own store folder (meta/cohort_size) and its own offline W&B run, and every summary equals the one of the
+    same study run with --cohort-size 1."""
+    study, stores = study_runs
     grid = cells(load_study(str(study)))
     sizes = {}
     for c in grid:
         config = json.loads((stores[4] / c.run_id / "config.json").read_text())
         sizes[c.point["policy"], c.point["lr"]] = config["meta"]["cohort_size"]
-        summaries = [json.loads((s / c.run_id / "summary.json").read_text()) for s in stores.values()]
-        for s in summaries:
-            s.pop("wall_s"), s.pop("cohort_size")
-        assert no_time(summaries[0]) == no_time(summaries[1]), c.point
+        assert summary(stores[4], c.run_id) == summary(stores[1], c.run_id), c.point
     assert sizes == {("funmatch", 1e-2): 2, ("funmatch", 3e-2): 2, ("fix/rs", 1e-2): 1, ("fix/rs", 3e-2): 1}
     run_dirs = sorted((stores[4] / "wandb" / "wandb").glob("offline-run-*"))
     assert sorted(d.name.rsplit("-", 1)[1] for d in run_dirs) == sorted(c.run_id for c in grid)
@@ -197,6 +208,40 @@ def test_a_study_runs_cohorts_into_store_and_wandb(teacher, tmp_path):
             history = [r["history"]["item"] for r in records if r.get("type") == "history"]
             local = json.loads((stores[4] / c.run_id / "history.json").read_text())
             assert [h["test/acc"] for h in history] == [r["test/acc"] for r in local]
+
+
+def test_a_killed_cohort_resumes_run_by_run(study_runs, tmp_path, monkeypatch, capsys):
+    """A cohort interrupted after its members' first checkpoints (as by a kill: their runs stay `running`) is
+    resumed by the next `ablate run` member by member, each from its checkpoint, to the same summaries as
+    runs never interrupted."""
+    import ablate.train
+
+    study, stores = study_runs
+    saves, original = [], ablate.train._save
+
+    def save_then_stop(manager, step, state, tracker):
+        if len(saves) == 2:  # both funmatch members saved step 4; stop before the third save
+            raise KeyboardInterrupt
+        saves.append(step)
+        original(manager, step, state, tracker)
+
+    store = tmp_path / "store"
+    monkeypatch.setattr(ablate.train, "_save", save_then_stop)
+    assert main(["run", str(study), "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 130
+    assert "ablate: interrupted; rerun the same command to resume" in capsys.readouterr().err
+    monkeypatch.setattr(ablate.train, "_save", original)
+    assert saves == [4, 4]
+    grid = cells(load_study(str(study)))
+    funmatch = [c.run_id for c in grid if c.point["policy"] == "funmatch"]
+    assert [RunStore(store).status(r)["state"] for r in funmatch] == ["running", "running"]
+    assert main(["run", str(study), "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "4 ran, 0 already done" in captured.out
+    for run_id in funmatch:
+        assert f"resuming run {run_id}" in captured.err and "from its checkpoint at step 4" in captured.err
+        assert json.loads((store / run_id / "config.json").read_text())["meta"]["cohort_size"] == 1
+    for c in grid:
+        assert summary(store, c.run_id) == summary(stores[1], c.run_id), c.point
 
 
 def test_bad_cohort_size_exits_2(tmp_path, capsys):
