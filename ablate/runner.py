@@ -221,6 +221,12 @@ def _describe(cell: Cell) -> str:
 
 
 def _describe_cohort(cells_: list[Cell]) -> str:
+    """E.g. "seed=0 policy=funmatch, lr=0.001 | lr=0.003": what the members share, then what each sets."""
     if len(cells_) == 1:
         return _describe(cells_[0])
-    return f"{len(cells_)} runs: " + "; ".join(_describe(c) for c in cells_)
+    points = [c.point for c in cells_]
+    shared = {k: v for k, v in points[0].items() if all(p.get(k, object()) == v for p in points)}
+    own = [" ".join(f"{k}={v}" for k, v in p.items() if k not in shared) for p in points]
+    if not any(own):
+        return _describe(cells_[0])
+    return ", ".join(x for x in (" ".join(f"{k}={v}" for k, v in shared.items()), " | ".join(own)) if x)

@@ -272,3 +272,12 @@ def test_dry_run_names_the_cohorts(tmp_path, capsys):
     assert main(["run", str(study), "--dry-run", "--cohort-size", "1", "--store", str(tmp_path / "store")]) == 0
     assert "share the teacher" not in capsys.readouterr().out
     assert not (tmp_path / "store").exists()
+
+
+def test_a_cohorts_progress_bar_names_what_its_members_share_and_set():
+    """The bar of a cohort reads "seed=0 policy=funmatch, lr=0.001 | lr=0.003", short enough for a terminal."""
+    from ablate.runner import _describe_cohort
+
+    members = [Cell(A.replace(lr=lr), {"seed": 0, "policy": "funmatch", "lr": lr}) for lr in (1e-3, 3e-3)]
+    assert _describe_cohort(members) == "seed=0 policy=funmatch, lr=0.001 | lr=0.003"
+    assert _describe_cohort(members[:1]) == "seed=0 policy=funmatch lr=0.001"
