@@ -143,8 +143,7 @@ def shared_teacher_flops(grid, cohort_size: int) -> tuple[float, int]:
     from ablate.study import cohorts
     from ablate.train import cohort_key
 
-    key = lambda c: cohort_key(c.config) if POLICIES.get(c.config.policy).runs_teacher else None  # noqa: E731
-    groups = [co for co in cohorts(grid, key, cohort_size) if len(co) > 1]
+    groups = [co for co in cohorts(grid, lambda c: cohort_key(c.config), cohort_size) if len(co) > 1]
     return sum(cell_cost(c.config)["teacher_train_flops"] for co in groups for c in co[1:]), len(groups)
 
 

@@ -14,7 +14,6 @@ from ablate import xla_flags
 from ablate.config import ConfigError, RunConfig
 from ablate.data import load_dataset
 from ablate.models import build_model
-from ablate.policies import POLICIES
 from ablate.store import RunStore, StoreError
 from ablate.study import Cell
 from ablate.teachers import get_teacher, run_inputs
@@ -62,16 +61,8 @@ class Runner:
         return load_params(self.store.run_dir(cfg.init) / "params", template["params"])
 
     def cohort_key(self, cell: Cell) -> str | None:
-        """Cells with equal keys train as one cohort; None for a cell that trains alone.
-
-        Only policies that run the teacher during training form cohorts: sharing
-        its forward pass is what pays (benchmarks/bench_seeds.py: 1.4-1.8x for 4
-        funmatch students, ~1.0x for fixed-teacher ones). A cell that resumes
-        from its checkpoint runs alone, from its own step.
-        """
-        if not POLICIES.get(cell.config.policy).runs_teacher or self.store.ckpt_dir(cell.run_id).exists():
-            return None
-        return cohort_key(cell.config)
+        """`ablate.train.cohort_key`, except that a cell resuming from its checkpoint runs alone, from its own step."""
+        return None if self.store.ckpt_dir(cell.run_id).exists() else cohort_key(cell.config)
 
     def preflight(self, cells_: list[Cell]) -> None:
         """Check, before any run starts, what would otherwise fail mid-study.

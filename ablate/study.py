@@ -241,8 +241,8 @@ def run_cells(cells_: list[Cell], run_cohort: Callable[[list[Cell]], list[str]],
     process finished it first). A damaged run folder is not done: its cell
     runs again and its files are rewritten.
     """
-    outcome = Outcome(skipped=sum(is_done(c.run_id) for c in cells_))
     todo = [c for c in cells_ if not is_done(c.run_id)]
+    outcome = Outcome(skipped=len(cells_) - len(todo))
     bar = tqdm(total=len(cells_), initial=outcome.skipped, desc=desc, unit="run", disable=not progress,
                dynamic_ncols=True, position=0)
     try:

@@ -159,10 +159,20 @@ MEMBER_FIELDS = ("model", "loss", "temperature", "label_smoothing", "lr", "wd", 
 """Config fields only the student side reads. Runs that differ in nothing else see identical inputs at every step."""
 
 
-def cohort_key(cfg: RunConfig) -> str:
+def shared_inputs(cfg: RunConfig) -> str:
     """Equal for runs that can train as one cohort: same data order, views, mixup and teacher outputs at every step."""
     canonical = RunConfig.from_dict(cfg.to_dict()).to_dict()  # ints given for float fields become floats
     return content_hash({k: v for k, v in canonical.items() if k not in MEMBER_FIELDS})
+
+
+def cohort_key(cfg: RunConfig) -> str | None:
+    """Equal for runs worth training as one cohort; None for a run that trains alone.
+
+    Only policies that run the teacher during training form cohorts: sharing its
+    forward pass is what pays (benchmarks/bench_seeds.py: 1.4-1.8x for 4 funmatch
+    students, ~1.0x for fixed-teacher ones).
+    """
+    return shared_inputs(cfg) if POLICIES.get(cfg.policy).runs_teacher else None
 
 
 def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
@@ -170,12 +180,12 @@ def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: 
     """The pure step of a cohort, `(states, teacher_params, targets, batch, key) -> (states, losses)`.
 
     The views, mixup and the teacher's forward pass are computed once and serve
-    every member (runs with one `cohort_key`); each member then takes its own
+    every member (runs with one `shared_inputs`); each member then takes its own
     loss, gradient and update. Members are unrolled, not vmapped: they may be
     different models, and on CPU a vmapped convolution becomes a slow grouped
     one (benchmarks/bench_seeds.py).
     """
-    if len({cohort_key(c) for c in cfgs}) != 1:
+    if len({shared_inputs(c) for c in cfgs}) != 1:
         raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
     policy = POLICIES.get(cfgs[0].policy)
     members = [(student, LossSpec.parse(c.loss), dict(temperature=c.temperature, label_smoothing=c.label_smoothing),
@@ -310,7 +320,7 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
 def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen | None = None,
                  targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
                  progress: bool = True, desc: str = "") -> list[RunResult | NonFiniteError]:
-    """Train runs that share their inputs (one `cohort_key`) together: one data stream and one teacher forward.
+    """Train runs that share their inputs (one `shared_inputs`) together: one data stream and one teacher forward.
 
     Each member evaluates, checkpoints and reports exactly as it would alone
     (`train`). A member whose loss or parameters stop being finite gets its

@@ -56,27 +56,31 @@ class VmappedStep:
         jax.block_until_ready((self.state, loss))
 
 
-def vmap_part(args) -> dict:
+def warm(name: str, run, contenders: dict, compile_s: dict) -> None:
+    """Run one step (compiling it), record how long that took, and enter `run` as a timed contender."""
     import time
 
+    t0 = time.perf_counter()
+    run(1)
+    compile_s[name] = time.perf_counter() - t0
+    contenders[name] = run
+
+
+def time_alternately(contenders: dict, args) -> dict:
+    print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
+    return common.alternate(contenders, args.reps, args.block_s)
+
+
+def vmap_part(args) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     impls = args.impls.split(",")
     contenders, compile_s = {}, {}
     for impl in impls:
-        single = common.make_jax_step("funmatch", args.batch, impl=impl)
-        t0 = time.perf_counter()
-        single.run(1)
-        compile_s[f"single/{impl}"] = time.perf_counter() - t0
-        contenders[f"single/{impl}"] = single.run
+        warm(f"single/{impl}", common.make_jax_step("funmatch", args.batch, impl=impl).run, contenders, compile_s)
         for s in seeds:
             print(f"compiling the step vmapped over {s} seeds (impl={impl})")
-            v = VmappedStep(s, impl, args.batch)
-            t0 = time.perf_counter()
-            v.run(1)
-            compile_s[f"vmap{s}/{impl}"] = time.perf_counter() - t0
-            contenders[f"vmap{s}/{impl}"] = v.run
-    print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
-    times = common.alternate(contenders, args.reps, args.block_s)
+            warm(f"vmap{s}/{impl}", VmappedStep(s, impl, args.batch).run, contenders, compile_s)
+    times = time_alternately(contenders, args)
     summary = {}
     for impl in impls:
         for s in seeds:
@@ -94,20 +98,13 @@ def vmap_part(args) -> dict:
 
 
 def cohort_part(args) -> dict:
-    import time
-
     sizes = [int(s) for s in args.cohorts.split(",")]
     contenders, compile_s = {}, {}
     for policy in args.policies.split(","):
         for s in [1, *sizes]:
             print(f"compiling the {policy} step for a cohort of {s}")
-            step = common.make_jax_step(policy, args.batch, cohort=s)
-            t0 = time.perf_counter()
-            step.run(1)
-            compile_s[f"{policy}/cohort{s}"] = time.perf_counter() - t0
-            contenders[f"{policy}/cohort{s}"] = step.run
-    print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
-    times = common.alternate(contenders, args.reps, args.block_s)
+            warm(f"{policy}/cohort{s}", common.make_jax_step(policy, args.batch, cohort=s).run, contenders, compile_s)
+    times = time_alternately(contenders, args)
     summary = {}
     for policy in args.policies.split(","):
         for s in sizes:
@@ -137,8 +134,7 @@ def process_part(args) -> dict:
 
             contenders[f"one_process/{impl}"] = lambda n, name=name: a.call(name, n)
             contenders[f"two_processes/{impl}"] = both
-        print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s")
-        times = common.alternate(contenders, args.reps, args.block_s)
+        times = time_alternately(contenders, args)
     finally:
         for w in workers:
             w.close()
