@@ -39,7 +39,8 @@ class RunConfig:
     subset_seed: int = 0
     resolution: int = 0  # student input size; 0 means the dataset's default
     init: str | None = None  # run id of a finished run whose student initialises this one
-    seed: int = 0
+    seed: int = 0  # data order, views, mixup and (unless init_seed is set) the student's initialisation
+    init_seed: int | None = None  # the student's initialisation alone; None uses `seed`
     num_evals: int = 10  # evaluations spread evenly over the schedule (plus one at step 0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,12 +61,25 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        """A deterministic id: 12 hex digits of the SHA-256 of the canonical JSON of the config."""
-        return content_hash(self.to_dict())[:12]
+        """A deterministic id: 12 hex digits of the SHA-256 of the canonical JSON of the config.
+
+        Fields added after runs were stored (`_HASHED_WHEN_SET`) enter the hash only
+        when set, so a config that leaves them unset keeps the id it always had.
+        """
+        values = {k: v for k, v in self.to_dict().items() if not (k in _HASHED_WHEN_SET and v is None)}
+        return content_hash(values)[:12]
+
+    @property
+    def student_seed(self) -> int:
+        """The seed of the student's random initialisation."""
+        return self.seed if self.init_seed is None else self.init_seed
 
     @property
     def total_steps_per_example(self) -> float:
         return self.epochs / self.batch_size
+
+
+_HASHED_WHEN_SET = ("init_seed",)
 
 
 def content_hash(obj: Any) -> str:
@@ -144,3 +158,6 @@ def validate(cfg: RunConfig) -> None:
     for name, ok, valid in checks:
         if not ok:
             raise ConfigError(f"{name} must be {valid}, got {getattr(cfg, name)!r}")
+    if cfg.init is not None and cfg.init_seed is not None:
+        raise ConfigError(f"init_seed {cfg.init_seed} has no effect: the student starts from run {cfg.init} "
+                          "(set init_seed or init, not both)")

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ablate import paths
 from ablate.store import RunStore
-from ablate.study import Study, Variant, cells
+from ablate.study import SEED_FIELDS, Study, Variant, cells
 
 TABLE_METRICS = ("best/test/acc", "last/test/acc", "last/test/agree_top1", "last/test/kl", "last/train/loss",
                  "best/val/acc")
@@ -77,6 +77,12 @@ def summarize(runs: pd.DataFrame, by: list[str], metrics=TABLE_METRICS) -> pd.Da
         out[m] = g[m].mean()
         out[f"{m} std"] = g[m].std(ddof=0 if len(done) == 1 else 1).fillna(0.0)
     return out.reset_index()
+
+
+def training_minutes(runs: pd.DataFrame) -> float:
+    """Wall time spent training the runs, in minutes; a cohort's time (every member's `wall_s`) counted once."""
+    size = runs["cohort_size"].fillna(1) if "cohort_size" in runs else 1
+    return float((runs["wall_s"] / size).sum() / 60)
 
 
 def _fmt(mean: float, std: float, pct: bool) -> str:
@@ -182,9 +188,10 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
             lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
         by = axes or ["policy"]
         table = summarize(runs, by, metrics=metrics)
-        lines += ["## Results (mean ± std over seeds)", "", markdown_table(table, by), ""]
+        over = "seeds" if s.seed_field == "seed" else "seeds of the student's initialisation (init_seed)"
+        lines += [f"## Results (mean ± std over {over})", "", markdown_table(table, by), ""]
         if "wall_s" in runs:
-            lines += [f"Total training wall time: {runs['wall_s'].sum() / 60:.1f} min over {n_done} runs.", ""]
+            lines += [f"Total training wall time: {training_minutes(runs):.1f} min over {n_done} runs.", ""]
         for fig in study.figures:
             path = FIGURE_FNS[fig](runs, hist, x, hue, out, axes=axes)
             if path is not None:
@@ -196,7 +203,8 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     if len(runs):
         columns = ([c for c in (*study.metrics, "wall_s") if c in runs] if study.metrics else
                    [c for c in runs.columns if c.startswith(("best/", "last/", "teacher/")) or c == "wall_s"])
-        keep = ["run_id", *[c for c in axes if c in runs], "seed", "status", *columns]
+        seeds = [c for c in SEED_FIELDS if c in runs and runs[c].notna().any()]
+        keep = ["run_id", *[c for c in axes if c in runs], *seeds, "status", *columns]
         runs[list(dict.fromkeys(keep))].to_csv(out / "runs.csv", index=False)
         lines += ["Every number above comes from the runs listed in `runs.csv` (run id = config hash; "
                   "the run folders hold configs and metric histories).", ""]

@@ -15,7 +15,7 @@ from ablate.config import ConfigError, RunConfig
 from ablate.data import load_dataset
 from ablate.models import build_model
 from ablate.store import RunStore, StoreError
-from ablate.study import Cell
+from ablate.study import SEED_FIELDS, Cell
 from ablate.teachers import get_teacher, run_inputs
 from ablate.tracking import WandbSink
 from ablate.train import (Member, NonFiniteError, cohort_key, load_params, save_params, student_source,
@@ -180,7 +180,7 @@ class Runner:
             self.log(f"warning: discarding checkpoint {ckpt}: its run's history was damaged, so run {run_id} "
                      "restarts from scratch to log a complete history")
             shutil.rmtree(ckpt, ignore_errors=True)
-        tags = [f"{k}={v}" for k, v in cell.point.items() if k != "seed"]
+        tags = [f"{k}={v}" for k, v in cell.point.items() if k not in SEED_FIELDS]
         sink.start(run_id, {**cfg.to_dict(), "study": group, **{f"axis/{k}": v for k, v in cell.point.items()},
                             **{f"env/{k}": v for k, v in backend.items()}},
                    group=group, job_type=job_type, tags=tags)

@@ -42,6 +42,10 @@ Its learning rate, 0.1, is the label-only student's own choice on the validation
 """
 
 
+SEED_FIELDS = ("seed", "init_seed")
+"""What a study's seeds may vary: every source of randomness, or the student's initialisation alone."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
     """A named question answered by a grid of runs.
@@ -49,7 +53,11 @@ class Study:
     `base` holds config fields shared by every cell; `axes` maps a field to the
     values it takes (cartesian product); each dict in `zipped` maps fields to
     equally long lists that vary together. `presets` override base fields,
-    axis values (by field name) and `seeds`.
+    axis values (by field name) and `seeds`. `seed_field` says what the seeds
+    vary: "seed" (data order, views, mixup and the student's initialisation) or
+    "init_seed" (the student's initialisation alone, on the data stream of the
+    cell's `seed`, 0 unless set: a cell's seeds then train as one cohort,
+    sharing the teacher's forward pass).
     """
 
     name: str
@@ -58,6 +66,7 @@ class Study:
     axes: dict = dataclasses.field(default_factory=dict)
     zipped: tuple = ()
     seeds: int = 1
+    seed_field: str = "seed"
     presets: dict = dataclasses.field(default_factory=dict)
     figures: tuple = ("final", "curves")
     x: str | None = None  # the axis on the figures' x axis (e.g. "epochs"); default: first axis
@@ -94,7 +103,8 @@ def cells(study: Study, preset: str | None = None) -> list[Cell]:
     """Expand a study into its cells, validated; the order is deterministic."""
     s = study.resolve(preset)
     _check_shape(s)
-    blocks = [[{"seed": i} for i in range(s.seeds)]]  # seeds vary slowest: a partial grid covers every cell once
+    # seeds vary slowest: a partial grid covers every cell once
+    blocks = [[{s.seed_field: i} for i in range(s.seeds)]]
     blocks += [[{k: v} for v in vals] for k, vals in s.axes.items()]
     blocks += [[dict(zip(z, vals)) for vals in zip(*z.values())] for z in s.zipped]
     out = []
@@ -133,6 +143,9 @@ def _check_shape(s: Study) -> None:
             raise StudyError(f"study {s.name!r}: zipped axes must have equal lengths, got {lengths}")
     if not isinstance(s.seeds, int) or s.seeds < 1:
         raise StudyError(f"study {s.name!r}: seeds must be a positive int, got {s.seeds!r}")
+    if s.seed_field not in SEED_FIELDS:
+        raise StudyError(f"study {s.name!r}: seed_field must be one of {', '.join(SEED_FIELDS)}, "
+                         f"got {s.seed_field!r}")
     bad = [f for f in s.figures if f not in FIGURES]
     if bad:
         raise StudyError(f"study {s.name!r}: unknown figure(s) {bad}; valid figures: {', '.join(FIGURES)}")

@@ -155,7 +155,7 @@ def make_inputs(policy: Policy, cfg: RunConfig, images, labels, key, s_res: int,
 
 
 MEMBER_FIELDS = ("model", "loss", "temperature", "label_smoothing", "lr", "wd", "warmup_frac", "optimizer", "clip",
-                 "init")
+                 "init", "init_seed")
 """Config fields only the student side reads. Runs that differ in nothing else see identical inputs at every step."""
 
 
@@ -337,8 +337,8 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     t_res = teacher.resolution if teacher is not None else s_res
     students = [build_model(c.model, data.num_classes) for c in cfgs]
     dummy = jnp.zeros((1, s_res, s_res, data.image_shape[2]))
-    params = [m.init_params if m.init_params is not None else s.init(jax.random.key(m.cfg.seed), dummy)["params"]
-              for m, s in zip(members, students)]
+    params = [m.init_params if m.init_params is not None
+              else s.init(jax.random.key(m.cfg.student_seed), dummy)["params"] for m, s in zip(members, students)]
     optimizers = [optim.paper_optimizer(c.lr, c.wd, total, round(c.warmup_frac * total), c.clip, name=c.optimizer)
                   for c in cfgs]
     dp = parallel.DataParallel()

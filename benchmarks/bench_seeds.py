@@ -1,8 +1,10 @@
 """Benchmark 3: S runs at once in one compiled program (a cohort, or jax.vmap), or as two processes, vs one after another.
 
 * cohort: what `ablate run` does with cells that differ only in student-side
-  fields (lr, wd, loss, temperature, model, ...): `make_cohort_step` over S
-  students, the views and the teacher's forward computed once per step, each
+  fields (lr, wd, loss, temperature, model, init_seed, ...): `make_cohort_step`
+  over S students (here S seeds of the student's initialisation, `init_seed`,
+  as a study with `seed_field="init_seed"` makes), the views and the teacher's
+  forward computed once per step, each
   student's update unrolled; compared with S calls of the plain step, for
   S = 2, 4 and 8 and an on-the-fly (funmatch) and a fixed-teacher (fix/rs) policy.
   Figure: throughput ratio S x time(step) / time(cohort step).

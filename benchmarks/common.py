@@ -217,8 +217,8 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     (its head too, so its logits are not all zero): throughput does not depend on what it learnt.
     `impl` picks StdConv's implementation and `groupnorm` a GroupNorm variant of `bench_groupnorm` ("ablate" is
     ablate's own), both swapped in while the models are traced; parameter trees are unchanged. With `cohort` > 1
-    the step is `make_cohort_step` over that many students (seeds seed, seed + 1, ...; learning rates 3e-2 x 1,
-    x 0.9, ...) sharing the views and the teacher's forward; its state is a tuple."""
+    the step is `make_cohort_step` over that many students (init_seed seed, seed + 1, ...) sharing the views and
+    the teacher's forward; its state is a tuple."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -230,12 +230,12 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     from ablate.train import TrainState, make_cohort_step, make_train_step
 
     cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
-    cfgs = [cfg.replace(lr=cfg.lr * 0.9 ** k) for k in range(cohort)]
+    cfgs = [cfg.replace(init_seed=seed + k) for k in range(cohort)] if cohort > 1 else [cfg]
     pol = POLICIES.get(policy)
     x = jnp.zeros((1, 28, 28, 1))
     with _variants(impl, groupnorm):
         s_model, t_model = build_model(student, 10), build_model(teacher, 10)
-        params = [s_model.init(jax.random.key(seed + k), x)["params"] for k in range(cohort)]
+        params = [s_model.init(jax.random.key(c.student_seed), x)["params"] for c in cfgs]
         t_params = None
         if pol.runs_teacher:
             t_params = t_model.init(jax.random.key(seed + 1), x)["params"]

@@ -54,6 +54,9 @@ def test_unknown_names_exit_2_and_list_valid_names(tmp_path, capsys, flag, value
     (["--epochs", "many"], "epochs must be a float"),
     (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
     (["--optimizer", "sgd"], "valid optimizers: adam, lion, sgdm"),
+    (["--init-seed", "1.5"], "init_seed must be an int or None, got '1.5'"),
+    (["--init-seed", "2", "--init", "0123456789ab"], "init_seed 2 has no effect: the student starts from run "
+                                                     "0123456789ab (set init_seed or init, not both)"),
 ])
 def test_bad_values_exit_2_with_a_specific_message(tmp_path, capsys, flags, message):
     """Out-of-range or mistyped values exit 2 with a message naming the field, the value and what is valid."""

@@ -81,6 +81,32 @@ def test_members_end_bit_identical_to_runs_alone(alone, inputs, fmnist_small):
         assert_same_run(result, alone[c])
 
 
+def test_init_seed_sets_the_students_initialisation_only(alone, inputs, fmnist_small):
+    """Seeds of the student's initialisation alone form a cohort: init_seed equal to seed is that run exactly, another
+    init_seed trains elsewhere. With lr=1e-30 the parameters stay at their initialisation (to 1e-20): init_seed 0 on
+    seed 1's data starts where seed 0 starts, and seed 1 alone does not."""
+    assert cohort_key(A.replace(init_seed=1)) == cohort_key(A) != cohort_key(A.replace(seed=1, init_seed=0))
+    same, other = train_cohort([Member(A.replace(init_seed=0)), Member(A.replace(init_seed=1))], fmnist_small,
+                               **inputs)
+    assert_same_run(same, alone[A])
+    assert not np.array_equal(other.params["head"]["kernel"], alone[A].params["head"]["kernel"])
+
+    frozen = A.replace(lr=1e-30)
+    flat = lambda result: np.concatenate([np.ravel(x) for x in jax.tree.leaves(result.params)])  # noqa: E731
+    start = flat(train(frozen, fmnist_small, **inputs))
+    init_0, init_1 = train_cohort([Member(frozen.replace(seed=1, init_seed=0)), Member(frozen.replace(seed=1))],
+                                  fmnist_small, **inputs)
+    np.testing.assert_allclose(flat(init_0), start, rtol=0, atol=1e-20)
+    assert not np.allclose(flat(init_1), start, rtol=0, atol=1e-3)
+
+
+def test_run_ids_ignore_an_unset_init_seed():
+    """init_seed came after runs were stored: a config that leaves it unset keeps its id (values from before)."""
+    assert RunConfig().run_id == "8f94f01ca66c"
+    assert RunConfig(seed=3, lr=0.1).run_id == "2e54d65f2f4f"
+    assert len({RunConfig(init_seed=k).run_id for k in (None, 0, 1)}) == 3
+
+
 def test_a_diverging_member_fails_alone(alone, inputs, fmnist_small):
     """lr=1e38 overflows at the first update: that member gets its NonFiniteError, the other trains to the end
     exactly as it would alone."""
@@ -281,3 +307,47 @@ def test_a_cohorts_progress_bar_names_what_its_members_share_and_set():
     members = [Cell(A.replace(lr=lr), {"seed": 0, "policy": "funmatch", "lr": lr}) for lr in (1e-3, 3e-3)]
     assert _describe_cohort(members) == "seed=0 policy=funmatch, lr=0.001 | lr=0.003"
     assert _describe_cohort(members[:1]) == "seed=0 policy=funmatch lr=0.001"
+
+
+INIT_SEEDS = textwrap.dedent("""
+    from ablate.study import Study
+
+    STUDY = Study(
+        name="init_seeds",
+        question="How much do seeds of the student's initialisation alone move the result?",
+        base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4,
+                  num_evals=2),
+        axes=dict(temperature=[1.0]),
+        seeds=3,
+        seed_field="init_seed",
+    )
+""")
+
+
+def test_a_study_of_init_seeds_trains_them_as_one_cohort_and_reports_over_them(teacher, tmp_path):
+    """seed_field="init_seed": the seeds keep seed 0's data, train as one cohort of 3, and the report's table
+    aggregates over them (n=3), naming what they varied, and counts the cohort's wall time once; runs.csv lists
+    each run's init_seed."""
+    path = tmp_path / "init_seeds.py"
+    path.write_text(INIT_SEEDS)
+    grid = cells(load_study(str(path)))
+    assert [(c.point, c.config.seed, c.config.init_seed) for c in grid] == [
+        ({"init_seed": i, "temperature": 1.0}, 0, i) for i in range(3)]
+    store, out = tmp_path / "store", tmp_path / "report"
+    assert main(["run", str(path), "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0
+    assert [json.loads((store / c.run_id / "config.json").read_text())["meta"]["cohort_size"] for c in grid] == [3] * 3
+    assert main(["report", str(path), "--store", str(store), "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Results (mean ± std over seeds of the student's initialisation (init_seed))" in report
+    assert "| 1.0 | 3 |" in report
+    walls = {json.loads((store / c.run_id / "summary.json").read_text())["wall_s"] for c in grid}
+    assert len(walls) == 1  # each member records its cohort's wall time; the report counts it once
+    assert f"Total training wall time: {walls.pop() / 60:.1f} min over 3 runs." in report
+    assert (out / "runs.csv").read_text().splitlines()[0].startswith("run_id,temperature,seed,init_seed,status")
+
+
+def test_a_bad_seed_field_is_a_clear_study_error(tmp_path, capsys):
+    path = tmp_path / "bad.py"
+    path.write_text(INIT_SEEDS.replace('seed_field="init_seed"', 'seed_field="data_seed"'))
+    assert main(["run", str(path), "--store", str(tmp_path / "store"), "--dry-run"]) == 2
+    assert "seed_field must be one of seed, init_seed, got 'data_seed'" in capsys.readouterr().err
