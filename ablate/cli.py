@@ -15,7 +15,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
     for f in dataclasses.fields(RunConfig):
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar=f.name.upper(),
-                       help=f"(default: {f.default})")
+                       help=f"{f.metadata['help']} (default: {f.default})")
 
 
 def _positive_int(text: str) -> int:

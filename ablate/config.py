@@ -14,34 +14,39 @@ class ConfigError(ValueError):
     """A config value that is wrong; the message says which field, what was given and what is valid."""
 
 
+def _field(default: Any, help: str) -> Any:
+    """A config field with its one-line description (shown by `ablate distill --help`)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one training run (a distillation run or a supervised one)."""
 
-    dataset: str = "fashion_mnist"
-    teacher: str | None = "fmnist_t"  # a named teacher (see `ablate list`), None for label-only runs
-    model: str = "resnet_s"
-    policy: str = "funmatch"
-    loss: str = "kl"
-    temperature: float = 1.0
-    label_smoothing: float = 0.0
-    mixup_p: float = 1.0  # Beta(p, p) mixup for policies that mix; 0 disables mixing
-    ic_min_area: float = 0.25  # smallest inception-crop area fraction
-    ens_crops: int = 16  # K crops averaged by fix/ic_ens
-    epochs: float = 100.0  # passes over the (sub)set the run trains on
-    batch_size: int = 128
-    lr: float = 3e-2  # chosen on the validation split: studies/hparams.py, reports/README.md
-    wd: float = 1e-4
-    warmup_frac: float = 0.05  # share of the schedule spent in linear warmup
-    optimizer: str = "adam"
-    clip: float = 1.0
-    subset_per_class: int | None = 50  # training examples per class; None trains on the full train split
-    subset_seed: int = 0
-    resolution: int = 0  # student input size; 0 means the dataset's default
-    init: str | None = None  # run id of a finished run whose student initialises this one
-    seed: int = 0  # data order, views, mixup and (unless init_seed is set) the student's initialisation
-    init_seed: int | None = None  # the student's initialisation alone; None uses `seed`
-    num_evals: int = 10  # evaluations spread evenly over the schedule (plus one at step 0)
+    dataset: str = _field("fashion_mnist", "dataset name (`ablate list`)")
+    teacher: str | None = _field("fmnist_t", "named teacher (`ablate list`); None for label-only runs")
+    model: str = _field("resnet_s", "student model (`ablate list`)")
+    policy: str = _field("funmatch", "teacher-input policy (`ablate list`)")
+    loss: str = _field("kl", "loss, or a weighted sum such as 'kl + 0.5*label_ce' (`ablate list`)")
+    temperature: float = _field(1.0, "softmax temperature of the distillation loss")
+    label_smoothing: float = _field(0.0, "label smoothing of hard targets, in [0, 1)")
+    mixup_p: float = _field(1.0, "Beta(p, p) mixup for policies that mix; 0 disables mixing")
+    ic_min_area: float = _field(0.25, "smallest inception-crop area fraction")
+    ens_crops: int = _field(16, "K crops averaged by fix/ic_ens")
+    epochs: float = _field(100.0, "passes over the (sub)set the run trains on")
+    batch_size: int = _field(128, "images per step")
+    lr: float = _field(3e-2, "peak learning rate, chosen on the validation split (studies/hparams.py)")
+    wd: float = _field(1e-4, "decoupled weight decay on kernels, not multiplied by lr")
+    warmup_frac: float = _field(0.05, "share of the schedule spent in linear warmup")
+    optimizer: str = _field("adam", f"one of {', '.join(optim.OPTIMIZERS)}")
+    clip: float = _field(1.0, "global gradient-norm clipping threshold")
+    subset_per_class: int | None = _field(50, "training examples per class; None trains on the full train split")
+    subset_seed: int = _field(0, "which examples the per-class subset draws")
+    resolution: int = _field(0, "student input size; 0 means the dataset's default")
+    init: str | None = _field(None, "run id of a finished run whose student initialises this one")
+    seed: int = _field(0, "data order, views, mixup and (unless init_seed is set) the student's initialisation")
+    init_seed: int | None = _field(None, "the student's initialisation alone; None uses seed")
+    num_evals: int = _field(10, "evaluations spread evenly over the schedule (plus one at step 0)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -128,3 +128,17 @@ def test_unknown_subcommand_is_a_usage_error(capsys):
         main(["distil"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_every_config_field_is_described_in_help(capsys):
+    """`ablate distill --help` describes each config field and names its default."""
+    import dataclasses
+
+    from ablate.config import RunConfig
+
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in dataclasses.fields(RunConfig):
+        assert f.metadata.get("help"), f"config field {f.name} has no description"
+        assert f"{f.metadata['help']} (default: {f.default})" in out, f.name
