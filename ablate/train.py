@@ -263,6 +263,18 @@ def stack_images(source, start, stop) -> np.ndarray:
     return np.stack([source[i]["image"] for i in range(start, stop)])
 
 
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """log_softmax over the last axis, in numpy: host-side metrics need no compiled program per shape."""
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """Whether every parameter is finite: one compiled program per parameter structure, run where they live."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | None,
                  labels: np.ndarray, prefix: str) -> dict[str, float]:
     """Student top-1, and teacher-student top-1/top-5 agreement and KL (T=1) on a clean view."""
@@ -270,11 +282,10 @@ def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | None,
     if teacher_logits is not None:
         t_top = teacher_logits.argmax(-1)
         top5 = np.argsort(-student_logits, axis=-1)[:, :5]
-        log_pt = jax.nn.log_softmax(teacher_logits)
-        log_ps = jax.nn.log_softmax(student_logits)
+        log_pt, log_ps = _log_softmax(teacher_logits), _log_softmax(student_logits)
         m[f"{prefix}/agree_top1"] = float(np.mean(student_logits.argmax(-1) == t_top))
         m[f"{prefix}/agree_top5"] = float(np.mean((top5 == t_top[:, None]).any(-1)))
-        m[f"{prefix}/kl"] = float(jnp.mean(jnp.sum(jnp.exp(log_pt) * (log_pt - log_ps), -1)))
+        m[f"{prefix}/kl"] = float(np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), -1)))
     return m
 
 
@@ -337,15 +348,17 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     t_res = teacher.resolution if teacher is not None else s_res
     students = [build_model(c.model, data.num_classes) for c in cfgs]
     dummy = jnp.zeros((1, s_res, s_res, data.image_shape[2]))
+    # jitted: one compiled program per model instead of one per eager op and shape (same values, bit for bit)
     params = [m.init_params if m.init_params is not None
-              else s.init(jax.random.key(m.cfg.student_seed), dummy)["params"] for m, s in zip(members, students)]
+              else jax.jit(s.init)(jax.random.key(m.cfg.student_seed), dummy)["params"]
+              for m, s in zip(members, students)]
     optimizers = [optim.paper_optimizer(c.lr, c.wd, total, round(c.warmup_frac * total), c.clip, name=c.optimizer)
                   for c in cfgs]
     dp = parallel.DataParallel()
     if cfg.batch_size % dp.size:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dp.size} devices")
     ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
-    states = dp.replicate(tuple(TrainState(p, o.init(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
+    states = dp.replicate(tuple(TrainState(p, jax.jit(o.init)(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
     step_fn = jax.jit(make_cohort_step(cfgs, students, teacher.model if teacher else None, optimizers,
                                        data.num_classes, s_res, t_res), donate_argnums=(0,))
     t_params = dp.replicate(teacher.params) if (teacher is not None and policy.runs_teacher) else None
@@ -386,7 +399,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
             tracker["train_s"] = tracker.get("train_s", 0.0) + now - clock[0]
         clock[0] = now
         for j in alive():
-            if step and not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(states[j].params)):
+            if step and not bool(_all_finite(states[j].params)):
                 errors[j] = NonFiniteError(step, "parameters")
                 continue
             evaluate(j, step, states[j].params)
@@ -406,7 +419,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     def drain():
         if not pending:
             return
-        losses = np.asarray(jnp.stack([l for _, l in pending]))  # (steps, members)
+        losses = np.stack(jax.device_get([l for _, l in pending]))  # (steps, members)
         for j in alive():
             bad = ~np.isfinite(losses[:, j])
             if bad.any():

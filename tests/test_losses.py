@@ -139,3 +139,19 @@ def test_loss_spec_syntax_error_says_how_to_write_it(bad):
     """A malformed spec raises ValueError naming the bad term and showing the syntax."""
     with pytest.raises(ValueError, match="cannot parse loss term"):
         LossSpec.parse(bad)
+
+
+def test_evaluation_metrics_match_the_losses_at_t1():
+    """The KL logged at evaluation (computed on the host, in numpy) is the distillation loss at T=1; the agreements
+    count matching top-1 / top-5 predictions."""
+    from ablate.train import eval_metrics
+
+    rng = np.random.default_rng(3)
+    s, t = (rng.normal(size=(256, 10)).astype(np.float32) * 8 for _ in range(2))
+    labels = rng.integers(0, 10, 256)
+    m = eval_metrics(s, t, labels, "val")
+    np.testing.assert_allclose(m["val/kl"], float(jnp.mean(kl(s, t, labels))), rtol=1e-5)
+    assert m["val/acc"] == np.mean(s.argmax(-1) == labels)
+    assert m["val/agree_top1"] == np.mean(s.argmax(-1) == t.argmax(-1))
+    top5 = np.argsort(-s, -1)[:, :5]
+    assert m["val/agree_top5"] == np.mean([t.argmax(-1)[i] in top5[i] for i in range(256)])

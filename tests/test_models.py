@@ -59,3 +59,14 @@ def test_conv_impls_give_the_same_model():
     np.testing.assert_allclose(la, lb, rtol=1e-4)
     for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["resnet_xs", "resnet_s"])
+def test_jitted_init_gives_the_eager_init_bit_for_bit(name):
+    """The trainer initialises students under jax.jit (one compiled program, not one per op): the same numbers."""
+    model, x = build_model(name, 10), jnp.zeros((1, 28, 28, 1))
+    for seed in (0, 3):
+        eager = model.init(jax.random.key(seed), x)
+        jitted = jax.jit(model.init)(jax.random.key(seed), x)
+        for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
