@@ -4,9 +4,9 @@
   fields (lr, wd, loss, temperature, model, init_seed, ...): `make_cohort_step`
   over S students (here S seeds of the student's initialisation, `init_seed`,
   as a study with `seed_field="init_seed"` makes), the views and the teacher's
-  forward computed once per step, each
-  student's update unrolled; compared with S calls of the plain step, for
-  S = 2, 4 and 8 and an on-the-fly (funmatch) and a fixed-teacher (fix/rs) policy.
+  forward computed once per step, each student's update unrolled; compared
+  with S calls of the plain step, for S = 2, 4 and 8 and an on-the-fly
+  (funmatch) and a fixed-teacher (fix/rs) policy.
   Figure: throughput ratio S x time(step) / time(cohort step).
 * vmap: ablate's funmatch step under `jax.vmap` over the TrainState, the batch
   and the key (the teacher's parameters shared), jitted once, for S = 2 and 4;
