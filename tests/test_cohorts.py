@@ -347,6 +347,7 @@ def test_a_study_of_init_seeds_trains_them_as_one_cohort_and_reports_over_them(t
 
 
 def test_a_bad_seed_field_is_a_clear_study_error(tmp_path, capsys):
+    """A seed_field that is not a seed exits 2 naming the valid ones, before anything runs."""
     path = tmp_path / "bad.py"
     path.write_text(INIT_SEEDS.replace('seed_field="init_seed"', 'seed_field="data_seed"'))
     assert main(["run", str(path), "--store", str(tmp_path / "store"), "--dry-run"]) == 2
