@@ -349,9 +349,9 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     students = [build_model(c.model, data.num_classes) for c in cfgs]
     dummy = jnp.zeros((1, s_res, s_res, data.image_shape[2]))
     # jitted: one compiled program per model instead of one per eager op and shape (same values, bit for bit)
+    inits = {c.model: jax.jit(s.init) for c, s in zip(cfgs, students)}
     params = [m.init_params if m.init_params is not None
-              else jax.jit(s.init)(jax.random.key(m.cfg.student_seed), dummy)["params"]
-              for m, s in zip(members, students)]
+              else inits[m.cfg.model](jax.random.key(m.cfg.student_seed), dummy)["params"] for m in members]
     optimizers = [optim.paper_optimizer(c.lr, c.wd, total, round(c.warmup_frac * total), c.clip, name=c.optimizer)
                   for c in cfgs]
     dp = parallel.DataParallel()
