@@ -10,7 +10,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -178,18 +177,14 @@ def test_only_on_the_fly_cells_without_checkpoints_form_cohorts(tmp_path):
     assert runner.cohort_key(on_the_fly) is None
 
 
-STUDY = textwrap.dedent("""
-    from ablate.study import Study
+def tiny_study(**fields) -> str:
+    """A study file whose cells are tiny funmatch runs (resnet_xs student, fmnist_xs teacher, 100 images, 8 steps)."""
+    base = dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4, num_evals=2)
+    return f"from ablate.study import Study\n\nSTUDY = Study(base={base!r}, **{fields!r})\n"
 
-    STUDY = Study(
-        name="cohort",
-        question="Do cohorts log each run as its own?",
-        base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4,
-                  num_evals=2),
-        axes=dict(policy=["funmatch", "fix/rs"], lr=[1e-2, 3e-2]),
-    )
-""")
 
+STUDY = tiny_study(name="cohort", question="Do cohorts log each run as its own?",
+                   axes=dict(policy=["funmatch", "fix/rs"], lr=[1e-2, 3e-2]))
 
 def summary(store, run_id):
     """A run's summary without wall-clock figures and its cohort size."""
@@ -309,27 +304,15 @@ def test_a_cohorts_progress_bar_names_what_its_members_share_and_set():
     assert _describe_cohort(members[:1]) == "seed=0 policy=funmatch lr=0.001"
 
 
-INIT_SEEDS = textwrap.dedent("""
-    from ablate.study import Study
-
-    STUDY = Study(
-        name="init_seeds",
-        question="How much do seeds of the student's initialisation alone move the result?",
-        base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4,
-                  num_evals=2),
-        axes=dict(temperature=[1.0]),
-        seeds=3,
-        seed_field="init_seed",
-    )
-""")
-
+INIT_SEEDS = dict(name="init_seeds", question="How much do seeds of the student's initialisation alone move it?",
+                  axes=dict(temperature=[1.0]), seeds=3, seed_field="init_seed")
 
 def test_a_study_of_init_seeds_trains_them_as_one_cohort_and_reports_over_them(teacher, tmp_path):
     """seed_field="init_seed": the seeds keep seed 0's data, train as one cohort of 3, and the report's table
     aggregates over them (n=3), naming what they varied, and counts the cohort's wall time once; runs.csv lists
     each run's init_seed."""
     path = tmp_path / "init_seeds.py"
-    path.write_text(INIT_SEEDS)
+    path.write_text(tiny_study(**INIT_SEEDS))
     grid = cells(load_study(str(path)))
     assert [(c.point, c.config.seed, c.config.init_seed) for c in grid] == [
         ({"init_seed": i, "temperature": 1.0}, 0, i) for i in range(3)]
@@ -349,6 +332,6 @@ def test_a_study_of_init_seeds_trains_them_as_one_cohort_and_reports_over_them(t
 def test_a_bad_seed_field_is_a_clear_study_error(tmp_path, capsys):
     """A seed_field that is not a seed exits 2 naming the valid ones, before anything runs."""
     path = tmp_path / "bad.py"
-    path.write_text(INIT_SEEDS.replace('seed_field="init_seed"', 'seed_field="data_seed"'))
+    path.write_text(tiny_study(**{**INIT_SEEDS, "seed_field": "data_seed"}))
     assert main(["run", str(path), "--store", str(tmp_path / "store"), "--dry-run"]) == 2
     assert "seed_field must be one of seed, init_seed, got 'data_seed'" in capsys.readouterr().err
