@@ -151,9 +151,13 @@ def cmd_list(args) -> None:
 
 
 def cmd_teacher(args) -> None:
+    from ablate import parallel
     from ablate.teachers import get_teacher, teacher_dir
 
-    t = get_teacher(args.name, progress=not args.no_progress)
+    leader = parallel.is_leader()  # process 0 speaks for a multi-host run
+    t = get_teacher(args.name, progress=leader and not args.no_progress, log=print if leader else lambda *a: None)
+    if not leader:
+        return
     s = t.summary
     if s.get("last/test/acc") is None:
         print(f"teacher {args.name}: loaded from its checkpoint (not evaluated by ablate), {teacher_dir(args.name)}")
@@ -175,6 +179,7 @@ def _runner(args):
 
 def cmd_distill(args) -> None:
     import dataclasses
+    from ablate import parallel
     from ablate.config import RunConfig, validate
     from ablate.study import Cell
 
@@ -187,13 +192,16 @@ def cmd_distill(args) -> None:
     if not done:
         runner.preflight([cell])  # bad input fails before any work
     if done:
-        print(f"run {cell.run_id} is already done; results in {runner.store.run_dir(cell.run_id)}")
+        if parallel.is_leader():
+            print(f"run {cell.run_id} is already done; results in {runner.store.run_dir(cell.run_id)}")
     else:
         outcome = runner.run(cell, group="distill")
         if outcome == "busy":
             print(f"run {cell.run_id} is being run by another process", file=sys.stderr)
             return 1
-    _print_summary(runner.store, cell.run_id)
+    parallel.barrier("ablate: run finished")  # on several hosts the others then read what process 0 wrote
+    if parallel.is_leader():
+        _print_summary(runner.store, cell.run_id)
     return 1 if runner.store.status(cell.run_id).get("state") == "failed" else 0
 
 
@@ -209,7 +217,7 @@ def _print_summary(store, run_id) -> None:
 
 def cmd_run(args) -> int:
     from ablate.study import cells, load_study, run_cells, shard
-    from ablate import estimate
+    from ablate import estimate, parallel
 
     study = load_study(args.study)
     grid = cells(study, args.preset)
@@ -226,6 +234,8 @@ def cmd_run(args) -> int:
     outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
                         progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})",
                         cohort_key=runner.cohort_key, cohort_size=args.cohort_size)
+    if not parallel.is_leader():  # process 0 speaks for a multi-host run
+        return 1 if outcome.failed else 0
     print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
           f"{outcome.busy} being run elsewhere; runs in {runner.store.root}")
     if outcome.ran or outcome.skipped:

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from ablate import xla_flags
+from ablate import parallel, xla_flags
 from ablate.config import ConfigError, RunConfig
 from ablate.data import load_dataset
 from ablate.models import build_model
@@ -35,6 +35,10 @@ class Runner:
         self._data, self._teachers = {}, {}
         if self.log is None:
             self.log = _to_stderr
+        if jax.process_count() > 1:  # one run over several hosts: process 0 decides, writes and speaks for it
+            self.store = parallel.SharedStore(self.store)
+            if not parallel.is_leader():
+                self.progress, self.log = False, _quiet
 
     def data(self, name: str):
         if name not in self._data:
@@ -62,7 +66,7 @@ class Runner:
 
     def cohort_key(self, cell: Cell) -> str | None:
         """`ablate.train.cohort_key`, except that a cell resuming from its checkpoint runs alone, from its own step."""
-        return None if self.store.ckpt_dir(cell.run_id).exists() else cohort_key(cell.config)
+        return None if self.store.has_checkpoint(cell.run_id) else cohort_key(cell.config)
 
     def preflight(self, cells_: list[Cell]) -> None:
         """Check, before any run starts, what would otherwise fail mid-study.
@@ -122,15 +126,17 @@ class Runner:
         teacher = self.teacher(cfg.teacher)
         targets, eval_teacher = run_inputs(cfg, data, teacher, log=self.log)
         inits = [self.init_params(c.config, data) for c in cells_]
-        backend = {"jax": jax.__version__, "backend": jax.default_backend(), "xla_flags": xla_flags.in_effect}
+        backend = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
+                   "processes": jax.process_count(), "xla_flags": xla_flags.in_effect}
         started, sinks = [], []
         try:
             members = []
             for cell, init in zip(cells_, inits):
-                sinks.append(WandbSink(self.wandb_mode, self.wandb_project, self.wandb_entity,
-                                       self.store.root / "wandb"))
+                sinks.append(WandbSink(self.wandb_mode if parallel.is_leader() else "disabled", self.wandb_project,
+                                       self.wandb_entity, self.store.root / "wandb"))
                 members.append(self._start(cell, init, sinks[-1], group, job_type, backend, len(cells_)))
                 started.append(cell)
+            parallel.barrier("ablate: runs started")  # process 0 may have discarded a checkpoint in _start
             t0 = time.perf_counter()
             results = train_cohort(members, data, teacher=teacher, targets=targets, eval_teacher=eval_teacher,
                                    progress=self.progress, desc=_describe_cohort(cells_))
@@ -176,7 +182,7 @@ class Runner:
         for path in damaged:
             self.log(f"warning: {path} was damaged; it is rewritten as run {run_id} runs again")
         ckpt = self.store.ckpt_dir(run_id)
-        if self.store.run_dir(run_id) / "history.json" in damaged and ckpt.exists():
+        if self.store.run_dir(run_id) / "history.json" in damaged and ckpt.exists():  # `damaged`: process 0's
             self.log(f"warning: discarding checkpoint {ckpt}: its run's history was damaged, so run {run_id} "
                      "restarts from scratch to log a complete history")
             shutil.rmtree(ckpt, ignore_errors=True)
@@ -199,6 +205,10 @@ class Runner:
 
 def _to_stderr(*args, **kwargs) -> None:
     print(*args, file=sys.stderr, **kwargs)  # looked up per call: captured output and redirections see it
+
+
+def _quiet(*args, **kwargs) -> None:
+    """The log of processes other than 0 in a multi-host run: process 0 speaks for the run."""
 
 
 def get_teacher_dataset(name: str) -> str:

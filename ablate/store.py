@@ -99,6 +99,9 @@ class RunStore:
     def ckpt_dir(self, run_id: str) -> pathlib.Path:
         return self.run_dir(run_id) / "checkpoints"
 
+    def has_checkpoint(self, run_id: str) -> bool:
+        return self.ckpt_dir(run_id).exists()
+
     def check_writable(self) -> None:
         """Fail early, naming the folder, when the store cannot be created or written."""
         probe = self.root / f".probe.{os.getpid()}"

@@ -11,7 +11,7 @@ import pathlib
 import jax
 import numpy as np
 
-from ablate import paths, views
+from ablate import parallel, paths, views
 from ablate.config import RunConfig, content_hash
 from ablate.data import DatasetSplits, load_dataset
 from ablate.models import build_model
@@ -237,11 +237,13 @@ def get_teacher(name: str, data: DatasetSplits | None = None, *, progress: bool 
     model = build_model(cfg.model, data.num_classes)
     res = cfg.resolution or data.default_resolution
     summary_file = folder / "summary.json"
-    if not summary_file.exists():
+    if not parallel.agree(summary_file.exists()):  # on several hosts: all train it, process 0 writes the summary
         log(f"training teacher {name} ({cfg.model}, {cfg.epochs:g} epochs) into {folder}")
         result = train(cfg, data, ckpt_dir=folder / "checkpoints", progress=progress, desc=f"teacher {name}")
         save_params(folder / "params", result.params)
-        _write_json(summary_file, {"config": cfg.to_dict(), **result.summary})
+        if parallel.is_leader():
+            _write_json(summary_file, {"config": cfg.to_dict(), **result.summary})
+        parallel.barrier(f"ablate: teacher {name} saved")
     template = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, res, res, data.image_shape[2])))
                               )["params"]
     params = load_params(folder / "params", template)
@@ -312,18 +314,25 @@ def teacher_logits(teacher: Teacher, source, view: str, *, ens_crops: int = 16, 
     extra = {"k": ens_crops, "min_area": min_area} if view == "ic_ens" else {}
     key = targets_key(teacher, source_id(source), view, **extra)
     path = paths.targets_dir() / f"{key}.npy"
+    cached, problem = None, None
     if path.exists():
         cached, problem = load_targets(path)
         if cached is not None and (cached.ndim != 2 or cached.shape[0] != len(source)):
             cached, problem = None, f"shape {cached.shape}, expected ({len(source)}, classes)"
-        if cached is not None:
-            return cached
+    if parallel.agree(cached is not None):  # process 0's verdict: on several hosts, all read the cache or none
+        if cached is None:
+            raise RuntimeError(f"process {jax.process_index()} cannot read the teacher-target cache {path} that "
+                               f"process 0 read ({problem}); a multi-host run needs ABLATE_CACHE on a file system "
+                               "every host sees")
+        return cached
+    if problem:
         log(f"teacher-target cache {path} is damaged ({problem}); recomputing it")
     if view == "ic_ens":
         logits = ensemble_logits(teacher, source, ens_crops, min_area)
     else:
         logits = predict(teacher.model, teacher.params, source, view, teacher.resolution)
-    save_targets(path, logits)
+    if parallel.is_leader():
+        save_targets(path, logits)
     return logits
 
 

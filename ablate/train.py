@@ -230,12 +230,20 @@ def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | Non
 # ----------------------------------------------------------------------------- evaluation
 
 def predict(model: nn.Module, params, source, view: str, resolution: int) -> np.ndarray:
-    """Logits of a model on every record of `source`, rendered through a deterministic view."""
+    """Logits of a model on every record of `source`, rendered through a deterministic view.
+
+    Each chunk of records is split over every device of every host (padded to
+    a multiple of their number) and its logits are gathered back on every host.
+    """
     fn = _predict_fn(model, view, resolution)
+    dp = parallel.DataParallel()
     out = []
     for start in range(0, len(source), EVAL_CHUNK):
         images = stack_images(source, start, min(start + EVAL_CHUNK, len(source)))
-        out.append(np.asarray(fn(params, images)))
+        n = len(images)
+        images = np.pad(images, [(0, -n % dp.size)] + [(0, 0)] * (images.ndim - 1))
+        logits = fn(params, dp.shard({"image": images[dp.local_rows(len(images))]})["image"])
+        out.append(dp.gather(logits)[:n])
     return np.concatenate(out)
 
 
@@ -506,13 +514,16 @@ def _discard_checkpoint(manager, ckpt_dir, error):
 
     step = manager.latest_step()
     reason = " ".join(str(error).split())[:300]
-    print(f"warning: checkpoint {pathlib.Path(ckpt_dir) / str(step)} is damaged ({type(error).__name__}: {reason}); "
-          "discarding it and restarting the run from scratch", file=sys.stderr)
+    if parallel.is_leader():
+        print(f"warning: checkpoint {pathlib.Path(ckpt_dir) / str(step)} is damaged ({type(error).__name__}: "
+              f"{reason}); discarding it and restarting the run from scratch", file=sys.stderr)
     try:
         manager.close()
     except Exception:  # noqa: BLE001
         pass
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    if parallel.is_leader():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    parallel.barrier("ablate: damaged checkpoint discarded")
     return _checkpoint_manager(ckpt_dir)
 
 
@@ -523,6 +534,8 @@ def save_params(path: pathlib.Path, params) -> None:
 
 
 def load_params(path: pathlib.Path, template):
-    """Restore a parameter tree saved by `save_params`, shaped like `template`."""
+    """Restore a parameter tree saved by `save_params`, shaped like `template`, replicated over every device."""
+    replicated = parallel.DataParallel().replicated  # on several hosts: each restores its own devices' copies
+    template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
     with ocp.StandardCheckpointer() as checkpointer:
         return checkpointer.restore(pathlib.Path(path).absolute(), template)

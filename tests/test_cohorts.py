@@ -22,6 +22,7 @@ from ablate.store import RunStore
 from ablate.study import Cell, cells, cohorts, load_study
 from ablate.teachers import run_inputs
 from ablate.train import Member, NonFiniteError, cohort_key, make_cohort_step, train, train_cohort
+from tests.helpers import tiny_study
 
 QUIET = dict(progress=False)
 
@@ -177,14 +178,9 @@ def test_only_on_the_fly_cells_without_checkpoints_form_cohorts(tmp_path):
     assert runner.cohort_key(on_the_fly) is None
 
 
-def tiny_study(**fields) -> str:
-    """A study file whose cells are tiny funmatch runs (resnet_xs student, fmnist_xs teacher, 100 images, 8 steps)."""
-    base = dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4, num_evals=2)
-    return f"from ablate.study import Study\n\nSTUDY = Study(base={base!r}, **{fields!r})\n"
-
-
 STUDY = tiny_study(name="cohort", question="Do cohorts log each run as its own?",
                    axes=dict(policy=["funmatch", "fix/rs"], lr=[1e-2, 3e-2]))
+
 
 def summary(store, run_id):
     """A run's summary without wall-clock figures and its cohort size."""

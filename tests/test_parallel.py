@@ -1,11 +1,19 @@
-"""Data parallelism: the same run on 4 simulated CPU devices gives the metrics of the 1-device run."""
+"""Data parallelism: the same run on 4 simulated CPU devices gives the metrics of the 1-device run, and 2 processes
+joined by jax.distributed (1 CPU device each) run a study exactly as 1 process with 2 devices does."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
+
+from ablate import paths
+from ablate.store import RunStore
+from benchmarks.kill_loop import kill9
+from tests.helpers import tiny_study
 
 SCRIPT = """
 import json, dataclasses, numpy as np, jax
@@ -41,3 +49,94 @@ def test_four_devices_match_one(teacher):
     assert one["step"] == four["step"] == 30
     for key, tol in TOLERANCE.items():
         assert four[key] == pytest.approx(one[key], abs=tol), key
+
+
+STUDY = tiny_study(name="two_hosts", question="Do two processes run a study as one?", base=dict(epochs=40),
+                   axes=dict(lr=[1e-2, 3e-2]))  # two funmatch cells (one cohort) of 80 steps, checkpointed at 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start(tmp, args: list[str], processes: int, devices: int, **env) -> list[subprocess.Popen]:
+    """`ablate ARGS` in `processes` processes joined by jax.distributed, each with `devices` CPU devices and its
+    output in tmp/p{i}.out and .err."""
+    # each process starts a W&B service of its own, as on separate hosts: one inherited from this test process
+    # (WANDB_SERVICE) would outlive the killed runs and keep their ids in use
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, **env,
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    if processes > 1:
+        env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}", JAX_NUM_PROCESSES=str(processes))
+    return [subprocess.Popen([sys.executable, "-m", "ablate.cli", *args], env={**env, "JAX_PROCESS_ID": str(i)},
+                             stdout=(tmp / f"p{i}.out").open("w"), stderr=(tmp / f"p{i}.err").open("w"),
+                             start_new_session=True) for i in range(processes)]
+
+
+def finish(tmp, procs: list[subprocess.Popen]) -> list[str]:
+    """Each process's stdout, process 0 first, once all have exited 0."""
+    try:
+        for i, proc in enumerate(procs):
+            assert proc.wait(timeout=600) == 0, (tmp / f"p{i}.err").read_text()[-3000:]
+    finally:
+        for proc in procs:  # a failed process leaves the others waiting for it
+            kill9(proc)
+    return [(tmp / f"p{i}.out").read_text() for i in range(len(procs))]
+
+
+def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(teacher, tmp_path):
+    """Two processes, killed once both runs have checkpointed and then rerun, log every run's history and summary
+    equal, bit for bit, to those of 1 process with 2 devices (the same SPMD program); process 0 alone writes the
+    store, the teacher-target cache and W&B, and reports; a rerun finds every cell done."""
+    study = tmp_path / "two_hosts.py"
+    study.write_text(STUDY)
+    ref, got = tmp_path / "ref", tmp_path / "got"
+    finish(tmp_path, start(tmp_path, ["run", str(study), "--store", str(ref), "--wandb", "disabled", "--no-progress"],
+                           1, 2))
+    ref_store, got_store = RunStore(ref), RunStore(got)
+    run_ids = sorted(ref_store.run_ids())
+    assert len(run_ids) == 2
+    cache = tmp_path / "cache"  # the session's teacher and compiled programs, but no teacher targets yet
+    cache.mkdir()
+    for name in ("teachers", "xla"):
+        (cache / name).symlink_to(paths.cache_dir() / name)
+    args = ["run", str(study), "--store", str(got), "--wandb", "offline", "--no-progress"]
+
+    procs = start(tmp_path, args, 2, 1, ABLATE_CACHE=str(cache))
+    deadline = time.monotonic() + 600
+    while not all((got_store.ckpt_dir(r) / "40").exists() for r in run_ids):
+        assert all(p.poll() is None for p in procs), "a process ended before both runs checkpointed at step 40"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert all(kill9(p) for p in procs), "the runs finished before they could be interrupted"
+    assert len(list((cache / "targets").glob("*.npy"))) == 2  # the teacher's val and test logits, written once
+    assert len(wandb_runs(got)) == 2  # one W&B run per cell, none from process 1
+
+    out0, out1 = finish(tmp_path, start(tmp_path, args, 2, 1, ABLATE_CACHE=str(cache)))
+    assert "study two_hosts: 2 ran, 0 already done, 0 failed" in out0
+    assert "two_hosts" not in out1 and "render" not in out1  # process 0 speaks for the run
+    assert (tmp_path / "p0.err").read_text().count("from its checkpoint at step 40") == 2
+    for run_id in run_ids:
+        assert got_store.is_done(run_id)
+        assert [no_time(r) for r in got_store.history(run_id)] == [no_time(r) for r in ref_store.history(run_id)]
+        got_record, ref_record = got_store.record(run_id), ref_store.record(run_id)
+        assert (got_record["meta/processes"], ref_record["meta/processes"]) == (2, 1)
+        assert got_record["meta/devices"] == ref_record["meta/devices"] == 2
+        setup = ("meta/processes", "meta/xla_flags", "meta/cohort_size", "cohort_size")  # resumed runs train alone
+        assert no_time(got_record, *setup) == no_time(ref_record, *setup)
+    assert wandb_runs(got) == sorted(run_ids * 2)  # one W&B run per cell and attempt, none from process 1
+
+    out0, _ = finish(tmp_path, start(tmp_path, ["run", str(study), "--store", str(got), "--no-progress"], 2, 1))
+    assert "study two_hosts: 0 ran, 2 already done" in out0
+
+
+def wandb_runs(store) -> list[str]:
+    """The run id of each offline W&B run logged into a store (one per attempt)."""
+    return sorted(p.parent.name.rsplit("-", 1)[1] for p in store.glob("wandb/wandb/offline-run-*/run-*.wandb"))
+
+
+def no_time(row: dict, *drop: str) -> dict:
+    """A run's record or history row without its wall-clock figures (and the keys `drop`)."""
+    return {k: v for k, v in row.items() if "time/" not in k and k != "wall_s" and k not in drop}

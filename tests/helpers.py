@@ -1,0 +1,9 @@
+"""Helpers shared by several test modules."""
+
+
+def tiny_study(base: dict | None = None, **fields) -> str:
+    """A study file whose cells are tiny funmatch runs (resnet_xs student, fmnist_xs teacher, 100 images, 8 steps,
+    unless `base` says otherwise)."""
+    base = {**dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4, num_evals=2),
+            **(base or {})}
+    return f"from ablate.study import Study\n\nSTUDY = Study(base={base!r}, **{fields!r})\n"
