@@ -140,3 +140,19 @@ def wandb_runs(store) -> list[str]:
 def no_time(row: dict, *drop: str) -> dict:
     """A run's record or history row without its wall-clock figures (and the keys `drop`)."""
     return {k: v for k, v in row.items() if "time/" not in k and k != "wall_s" and k not in drop}
+
+
+def test_two_processes_stop_together_on_an_unwritable_store(tmp_path):
+    """Process 0 finds the store unwritable before any run: both processes exit 1 with a clear message, none hangs."""
+    study = tmp_path / "two_hosts.py"
+    study.write_text(STUDY)
+    (tmp_path / "file").write_text("")
+    procs = start(tmp_path, ["run", str(study), "--store", str(tmp_path / "file" / "store"), "--no-progress"], 2, 1)
+    try:
+        assert [p.wait(timeout=300) for p in procs] == [1, 1]
+    finally:
+        for p in procs:
+            kill9(p)
+    err0, err1 = ((tmp_path / f"p{i}.err").read_text() for i in (0, 1))
+    assert f"ablate: error: cannot write run store {tmp_path / 'file' / 'store'}: Not a directory" in err0
+    assert "ablate: error: process 0 cannot write the run store" in err1
