@@ -51,8 +51,15 @@ def test_four_devices_match_one(teacher):
         assert four[key] == pytest.approx(one[key], abs=tol), key
 
 
-STUDY = tiny_study(name="two_hosts", question="Do two processes run a study as one?", base=dict(epochs=40),
-                   axes=dict(lr=[1e-2, 3e-2]))  # two funmatch cells (one cohort) of 80 steps, checkpointed at 40
+TEACHER = """
+import dataclasses
+from ablate.teachers import TEACHERS, register_teacher
+register_teacher("two_hosts_t", dataclasses.replace(TEACHERS.get("fmnist_xs").cfg, subset_per_class=20, batch_size=50,
+                                                    epochs=2), "8 steps: trained by each test run")
+"""
+STUDY = TEACHER + tiny_study(name="two_hosts", question="Do two processes run a study as one?",
+                             base=dict(teacher="two_hosts_t", epochs=40),
+                             axes=dict(lr=[1e-2, 3e-2]))  # two funmatch cells (one cohort) of 80 steps, checkpointed at 40
 
 
 def free_port() -> int:
@@ -86,22 +93,20 @@ def finish(tmp, procs: list[subprocess.Popen]) -> list[str]:
     return [(tmp / f"p{i}.out").read_text() for i in range(len(procs))]
 
 
-def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(teacher, tmp_path):
-    """Two processes, killed once both runs have checkpointed and then rerun, log every run's history and summary
-    equal, bit for bit, to those of 1 process with 2 devices (the same SPMD program); process 0 alone writes the
-    store, the teacher-target cache and W&B, and reports; a rerun finds every cell done."""
+def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(tmp_path):
+    """Two processes, killed once both runs have checkpointed and then rerun, train the study's teacher and log
+    every run's history and summary equal, bit for bit, to those of 1 process with 2 devices (the same SPMD
+    program); process 0 alone writes the store, the teacher's summary, the teacher-target cache and W&B, and
+    reports; a rerun finds every cell done."""
     study = tmp_path / "two_hosts.py"
     study.write_text(STUDY)
     ref, got = tmp_path / "ref", tmp_path / "got"
+    ref_cache, cache = fresh_cache(tmp_path / "ref_cache"), fresh_cache(tmp_path / "cache")
     finish(tmp_path, start(tmp_path, ["run", str(study), "--store", str(ref), "--wandb", "disabled", "--no-progress"],
-                           1, 2))
+                           1, 2, ABLATE_CACHE=str(ref_cache)))
     ref_store, got_store = RunStore(ref), RunStore(got)
     run_ids = sorted(ref_store.run_ids())
     assert len(run_ids) == 2
-    cache = tmp_path / "cache"  # the session's teacher and compiled programs, but no teacher targets yet
-    cache.mkdir()
-    for name in ("teachers", "xla"):
-        (cache / name).symlink_to(paths.cache_dir() / name)
     args = ["run", str(study), "--store", str(got), "--wandb", "offline", "--no-progress"]
 
     procs = start(tmp_path, args, 2, 1, ABLATE_CACHE=str(cache))
@@ -113,6 +118,9 @@ def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(teac
     assert all(kill9(p) for p in procs), "the runs finished before they could be interrupted"
     assert len(list((cache / "targets").glob("*.npy"))) == 2  # the teacher's val and test logits, written once
     assert len(wandb_runs(got)) == 2  # one W&B run per cell, none from process 1
+    (teacher_summary,) = cache.glob("teachers/two_hosts_t-*/summary.json")
+    (ref_teacher_summary,) = ref_cache.glob("teachers/two_hosts_t-*/summary.json")
+    assert no_time(json.loads(teacher_summary.read_text())) == no_time(json.loads(ref_teacher_summary.read_text()))
 
     out0, out1 = finish(tmp_path, start(tmp_path, args, 2, 1, ABLATE_CACHE=str(cache)))
     assert "study two_hosts: 2 ran, 0 already done, 0 failed" in out0
@@ -130,6 +138,13 @@ def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(teac
 
     out0, _ = finish(tmp_path, start(tmp_path, ["run", str(study), "--store", str(got), "--no-progress"], 2, 1))
     assert "study two_hosts: 0 ran, 2 already done" in out0
+
+
+def fresh_cache(folder):
+    """An ABLATE_CACHE with the session's compiled programs but no teachers or teacher targets."""
+    folder.mkdir()
+    (folder / "xla").symlink_to(paths.cache_dir() / "xla")
+    return folder
 
 
 def wandb_runs(store) -> list[str]:
