@@ -143,6 +143,7 @@ def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(tmp_
 def fresh_cache(folder):
     """An ABLATE_CACHE with the session's compiled programs but no teachers or teacher targets."""
     folder.mkdir()
+    (paths.cache_dir() / "xla").mkdir(parents=True, exist_ok=True)
     (folder / "xla").symlink_to(paths.cache_dir() / "xla")
     return folder
 
