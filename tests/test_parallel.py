@@ -111,11 +111,14 @@ def test_two_processes_run_and_resume_a_study_as_one_process_on_two_devices(tmp_
 
     procs = start(tmp_path, args, 2, 1, ABLATE_CACHE=str(cache))
     deadline = time.monotonic() + 600
-    while not all((got_store.ckpt_dir(r) / "40").exists() for r in run_ids):
-        assert all(p.poll() is None for p in procs), "a process ended before both runs checkpointed at step 40"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert all(kill9(p) for p in procs), "the runs finished before they could be interrupted"
+    try:
+        while not all((got_store.ckpt_dir(r) / "40").exists() for r in run_ids):
+            assert all(p.poll() is None for p in procs), "a process ended before both runs checkpointed at step 40"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        alive = [kill9(p) for p in procs]
+    assert all(alive), "the runs finished before they could be interrupted"
     assert len(list((cache / "targets").glob("*.npy"))) == 2  # the teacher's val and test logits, written once
     assert len(wandb_runs(got)) == 2  # one W&B run per cell, none from process 1
     (teacher_summary,) = cache.glob("teachers/two_hosts_t-*/summary.json")
