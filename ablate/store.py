@@ -146,12 +146,15 @@ class RunStore:
         write_json(path, [r for r in read_json(path, [], kind=list) if r["step"] <= step])
 
     def finish(self, run_id: str, summary: dict) -> None:
+        """Mark a run done and drop its lock at once (a process killed later leaves no lock on a done run)."""
         d = self.run_dir(run_id)
         write_json(d / "summary.json", summary)
         self._set_status(run_id, DONE, finished=time.time())
+        self.release(run_id)
 
     def fail(self, run_id: str, reason: str, step: int | None = None) -> None:
         self._set_status(run_id, FAILED, reason=reason, failed_step=step, finished=time.time())
+        self.release(run_id)
 
     def _set_status(self, run_id: str, state: str, **extra) -> None:
         path = self.run_dir(run_id) / "status.json"
