@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ablate import parallel
 
-    parallel.initialize()
+    if parallel.initialize() and not parallel.is_leader():
+        # process 0 speaks for a multi-host run: the others print no results and show no progress bars
+        sys.stdout, args.no_progress = open(os.devnull, "w"), True
     from ablate.config import ConfigError
     from ablate.data import DataError
     from ablate.registry import UnknownNameError
@@ -151,13 +153,9 @@ def cmd_list(args) -> None:
 
 
 def cmd_teacher(args) -> None:
-    from ablate import parallel
     from ablate.teachers import get_teacher, teacher_dir
 
-    leader = parallel.is_leader()  # process 0 speaks for a multi-host run
-    t = get_teacher(args.name, progress=leader and not args.no_progress, log=print if leader else lambda *a: None)
-    if not leader:
-        return
+    t = get_teacher(args.name, progress=not args.no_progress)
     s = t.summary
     if s.get("last/test/acc") is None:
         print(f"teacher {args.name}: loaded from its checkpoint (not evaluated by ablate), {teacher_dir(args.name)}")
@@ -192,16 +190,14 @@ def cmd_distill(args) -> None:
     if not done:
         runner.preflight([cell])  # bad input fails before any work
     if done:
-        if parallel.is_leader():
-            print(f"run {cell.run_id} is already done; results in {runner.store.run_dir(cell.run_id)}")
+        print(f"run {cell.run_id} is already done; results in {runner.store.run_dir(cell.run_id)}")
     else:
         outcome = runner.run(cell, group="distill")
         if outcome == "busy":
             print(f"run {cell.run_id} is being run by another process", file=sys.stderr)
             return 1
     parallel.barrier("ablate: run finished")  # on several hosts the others then read what process 0 wrote
-    if parallel.is_leader():
-        _print_summary(runner.store, cell.run_id)
+    _print_summary(runner.store, cell.run_id)
     return 1 if runner.store.status(cell.run_id).get("state") == "failed" else 0
 
 
@@ -217,7 +213,7 @@ def _print_summary(store, run_id) -> None:
 
 def cmd_run(args) -> int:
     from ablate.study import cells, load_study, run_cells, shard
-    from ablate import estimate, parallel
+    from ablate import estimate
 
     study = load_study(args.study)
     grid = cells(study, args.preset)
@@ -234,8 +230,6 @@ def cmd_run(args) -> int:
     outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
                         progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})",
                         cohort_key=runner.cohort_key, cohort_size=args.cohort_size)
-    if not parallel.is_leader():  # process 0 speaks for a multi-host run
-        return 1 if outcome.failed else 0
     print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
           f"{outcome.busy} being run elsewhere; runs in {runner.store.root}")
     if outcome.ran or outcome.skipped:

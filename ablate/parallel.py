@@ -18,18 +18,19 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 
-def initialize() -> None:
+def initialize() -> bool:
     """Join a multi-host run when its coordinator is configured (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-    JAX_PROCESS_ID; on Cloud TPU pods and Slurm jax finds them itself when ABLATE_MULTIHOST=1)."""
+    JAX_PROCESS_ID; on Cloud TPU pods and Slurm jax finds them itself when ABLATE_MULTIHOST=1); whether it did."""
     if not (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("ABLATE_MULTIHOST")):
-        return
+        return False
     if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):  # CPU processes exchange arrays through gloo
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):
         jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"],
                                    int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"]))
-    elif os.environ.get("ABLATE_MULTIHOST"):
+    else:
         jax.distributed.initialize()
+    return True
 
 
 def is_leader() -> bool:

@@ -233,16 +233,18 @@ def predict(model: nn.Module, params, source, view: str, resolution: int) -> np.
     """Logits of a model on every record of `source`, rendered through a deterministic view.
 
     Each chunk of records is split over every device of every host (padded to
-    a multiple of their number) and its logits are gathered back on every host.
+    a multiple of their number): each host loads only its rows, and the logits
+    are gathered back on every host.
     """
     fn = _predict_fn(model, view, resolution)
     dp = parallel.DataParallel()
     out = []
     for start in range(0, len(source), EVAL_CHUNK):
-        images = stack_images(source, start, min(start + EVAL_CHUNK, len(source)))
-        n = len(images)
-        images = np.pad(images, [(0, -n % dp.size)] + [(0, 0)] * (images.ndim - 1))
-        logits = fn(params, dp.shard({"image": images[dp.local_rows(len(images))]})["image"])
+        n = min(EVAL_CHUNK, len(source) - start)
+        rows = dp.local_rows(n + -n % dp.size)
+        images = stack_images(source, start + min(rows.start, n), start + min(rows.stop, n))
+        images = np.pad(images, [(0, rows.stop - rows.start - len(images))] + [(0, 0)] * (images.ndim - 1))
+        logits = fn(params, dp.shard({"image": images})["image"])
         out.append(dp.gather(logits)[:n])
     return np.concatenate(out)
 
@@ -268,6 +270,8 @@ def stack_images(source, start, stop) -> np.ndarray:
     """Images of records [start, stop) of a source as one uint8 array (a slice for in-memory sources)."""
     if isinstance(source, ArraySource):
         return source.images[start:stop]
+    if stop <= start:  # a host whose rows of a short last chunk are all padding
+        return np.zeros((0, *np.shape(source[0]["image"])), np.uint8)
     return np.stack([source[i]["image"] for i in range(start, stop)])
 
 

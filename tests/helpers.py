@@ -7,3 +7,8 @@ def tiny_study(base: dict | None = None, **fields) -> str:
     base = {**dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4, num_evals=2),
             **(base or {})}
     return f"from ablate.study import Study\n\nSTUDY = Study(base={base!r}, **{fields!r})\n"
+
+
+def no_time(row: dict, *drop: str) -> dict:
+    """A run's record, summary or history row without its wall-clock figures (and the keys `drop`)."""
+    return {k: v for k, v in row.items() if "time/" not in k and k != "wall_s" and k not in drop}

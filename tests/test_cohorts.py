@@ -22,7 +22,7 @@ from ablate.store import RunStore
 from ablate.study import Cell, cells, cohorts, load_study
 from ablate.teachers import run_inputs
 from ablate.train import Member, NonFiniteError, cohort_key, make_cohort_step, train, train_cohort
-from tests.helpers import tiny_study
+from tests.helpers import no_time, tiny_study
 
 QUIET = dict(progress=False)
 
@@ -36,10 +36,6 @@ def cfg(**kw):
 
 A = cfg()
 B = cfg(lr=3e-2, temperature=2.0, loss="kl + 0.5*label_ce", model="resnet_s")  # another model, loss, lr, T
-
-
-def no_time(row):
-    return {k: v for k, v in row.items() if "time/" not in k}
 
 
 def assert_same_run(a, b):
@@ -185,7 +181,7 @@ STUDY = tiny_study(name="cohort", question="Do cohorts log each run as its own?"
 def summary(store, run_id):
     """A run's summary without wall-clock figures and its cohort size."""
     s = json.loads((store / run_id / "summary.json").read_text())
-    return no_time({k: v for k, v in s.items() if k not in ("wall_s", "cohort_size")})
+    return no_time(s, "cohort_size")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from ablate import paths
 from ablate.store import RunStore
 from benchmarks.kill_loop import kill9
-from tests.helpers import tiny_study
+from tests.helpers import no_time, tiny_study
 
 SCRIPT = """
 import json, dataclasses, numpy as np, jax
@@ -154,11 +154,6 @@ def fresh_cache(folder):
 def wandb_runs(store) -> list[str]:
     """The run id of each offline W&B run logged into a store (one per attempt)."""
     return sorted(p.parent.name.rsplit("-", 1)[1] for p in store.glob("wandb/wandb/offline-run-*/run-*.wandb"))
-
-
-def no_time(row: dict, *drop: str) -> dict:
-    """A run's record or history row without its wall-clock figures (and the keys `drop`)."""
-    return {k: v for k, v in row.items() if "time/" not in k and k != "wall_s" and k not in drop}
 
 
 def test_two_processes_stop_together_on_an_unwritable_store(tmp_path):

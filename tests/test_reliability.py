@@ -28,6 +28,7 @@ from ablate.cli import main
 from ablate.store import RunStore
 from ablate.study import cells, load_study
 from benchmarks.kill_loop import kill9
+from tests.helpers import no_time
 
 # a checkpoint that fails to restore leaves orbax read coroutines that are never awaited: expected, not a problem
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -105,10 +106,6 @@ def capture_all(path):
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
-
-
-def no_time(d):
-    return {k: v for k, v in d.items() if "time/" not in k and k != "wall_s"}
 
 
 def tree_digest(folder):

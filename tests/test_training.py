@@ -16,6 +16,7 @@ from ablate.policies import POLICIES
 from ablate.teachers import params_fingerprint, run_inputs, save_targets, source_id, targets_key, teacher_logits
 from ablate.train import (TrainState, batches, make_inputs, make_train_step, num_steps, predict, student_source,
                           train)
+from tests.helpers import no_time
 
 QUIET = dict(progress=False)
 
@@ -36,11 +37,6 @@ def distill_cfg(**kw):
     base = dict(dataset="fashion_mnist", teacher="fmnist_xs", model="resnet_xs", policy="funmatch", loss="kl",
                 subset_per_class=50, batch_size=50, epochs=10, lr=1e-2, warmup_frac=0.1, num_evals=2)
     return RunConfig(**{**base, **kw})
-
-
-def no_time(row):
-    """A history row or summary without its wall-clock timings."""
-    return {k: v for k, v in row.items() if "time/" not in k}
 
 
 # ----------------------------------------------------------------------------- batches and fixed targets
