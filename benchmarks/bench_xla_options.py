@@ -9,7 +9,8 @@ Two parts, each timed alternately in one run:
   YNNPACK fusions off, so XLA's Eigen convolutions), XNNPACK / oneDNN
   convolutions instead, 512-bit vectors, XNNPACK graph fusion, and the
   YNNPACK / oneDNN / XNNPACK library fusions of dots, elementwise ops and
-  reductions. Figure: jax_default time / time (> 1 is faster than jax's default).
+  reductions; on top of ablate's: XLA's older loop emitters instead of its
+  fusion emitters, its older (non-thunk) runtime, oneDNN, fast math. Figure: jax_default time / time (> 1 is faster than jax's default).
 * `bf16`: a 2048^2 matmul and one 3x3 convolution of the teacher's middle
   stage (128 x 14 x 14 x 64 -> 64 channels), forward and backward, in float32
   and bfloat16 (this CPU has AMX-BF16 and AVX512-BF16), under ablate's flags.
@@ -36,6 +37,10 @@ FLAGS = {
     "ynn_fusions": "--xla_cpu_experimental_ynn_fusion_type=dot,eltwise,reduce",
     "onednn_fusions": "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise,reduce",
     "xnn_fusions": "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce",
+    "ablate_no_fusion_emitters": f"{ABLATE} --xla_cpu_use_fusion_emitters=false",
+    "ablate_legacy_runtime": f"{ABLATE} --xla_cpu_use_thunk_runtime=false",
+    "ablate_onednn": f"{ABLATE} --xla_cpu_use_onednn=true",
+    "ablate_fast_math": f"{ABLATE} --xla_cpu_enable_fast_math=true",
 }
 BASE = "jax_default"
 
