@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from typing import Any
 
 from ablate import optim
@@ -144,6 +145,10 @@ def validate(cfg: RunConfig) -> None:
     if not policy.teacher and spec.needs_teacher:
         raise ConfigError(f"policy {cfg.policy!r} has no teacher, so loss {cfg.loss!r} cannot be used; "
                           "use 'label_ce'")
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
     checks = [
         ("epochs", cfg.epochs > 0, "> 0"),
         ("batch_size", cfg.batch_size > 0, "> 0"),
@@ -159,6 +164,9 @@ def validate(cfg: RunConfig) -> None:
         ("resolution", cfg.resolution >= 0, ">= 0 (0 = dataset default)"),
         ("num_evals", cfg.num_evals >= 1, ">= 1"),
         ("subset_per_class", cfg.subset_per_class is None or cfg.subset_per_class > 0, "> 0 or None"),
+        ("subset_seed", cfg.subset_seed >= 0, ">= 0"),
+        ("seed", cfg.seed >= 0, ">= 0"),
+        ("init_seed", cfg.init_seed is None or cfg.init_seed >= 0, ">= 0 or None"),
     ]
     for name, ok, valid in checks:
         if not ok:

@@ -58,7 +58,7 @@ class Runner:
         if cfg.init is None:
             return None
         if not self.store.is_done(cfg.init):
-            raise ValueError(f"init run {cfg.init} is not a finished run in {self.store.root}")
+            raise ConfigError(f"init run {cfg.init} is not a finished run in {self.store.root}")
         model = build_model(cfg.model, data.num_classes)
         res = cfg.resolution or data.default_resolution
         template = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, res, res, data.image_shape[2]))))
@@ -72,11 +72,17 @@ class Runner:
         """Check, before any run starts, what would otherwise fail mid-study.
 
         Every cell's dataset must be present (DataError names the ways to get
-        it), its batch must fit its training set, and the store must be
-        writable (StoreError names the folder).
+        it), its batch must fit its training set, the run it initialises from
+        (`init`) must be finished in the store or among these cells, and the
+        store must be writable (StoreError names the folder).
         """
+        pending = {cell.run_id for cell in cells_}
         for cell in cells_:
             cfg = cell.config
+            if cfg.init is not None and cfg.init not in pending and not self.store.is_done(cfg.init):
+                raise ConfigError(f"cell ({_describe(cell)}): init run {cfg.init} is not a finished run in "
+                                  f"{self.store.root}; train that run into this store first (the study that "
+                                  "defines it, e.g. `ablate run init_source` before `ablate run init`)")
             data = self.data(cfg.dataset)
             try:
                 n = len(student_source(cfg, data))

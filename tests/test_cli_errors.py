@@ -55,6 +55,12 @@ def test_unknown_names_exit_2_and_list_valid_names(tmp_path, capsys, flag, value
     (["--label-smoothing", "1"], "label_smoothing must be in [0, 1)"),
     (["--optimizer", "sgd"], "valid optimizers: adam, lion, sgdm"),
     (["--init-seed", "1.5"], "init_seed must be an int or None, got '1.5'"),
+    (["--epochs", "inf"], "epochs must be a finite number, got inf"),
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
+    (["--temperature", "nan"], "temperature must be a finite number, got nan"),
+    (["--seed", "-1"], "seed must be >= 0, got -1"),
+    (["--subset-seed", "-5"], "subset_seed must be >= 0, got -5"),
+    (["--init-seed", "-2"], "init_seed must be >= 0 or None, got -2"),
     (["--init-seed", "2", "--init", "0123456789ab"], "init_seed 2 has no effect: the student starts from run "
                                                      "0123456789ab (set init_seed or init, not both)"),
 ])
@@ -77,6 +83,30 @@ def test_inconsistent_policy_loss_teacher_exit_2(tmp_path, capsys, flags, messag
     store = tmp_path / "store"
     assert distill(store, *flags) == 2
     assert message in capsys.readouterr().err
+    assert_nothing_written(store)
+
+
+INIT_STUDY = '''
+from ablate.study import Study
+STUDY = Study(name="init_probe", question="Does a missing init run stop the study before it starts?",
+              base={"teacher": "fmnist_xs", "model": "resnet_xs", "epochs": 1},
+              axes={"init": [None, "0123456789ab"]})
+'''
+
+
+def test_init_from_a_run_that_is_not_finished_exits_2(tmp_path, capsys, monkeypatch):
+    """`init` naming a run the store has not finished fails before any cell runs, and says what to run first."""
+    store = tmp_path / "store"
+    assert distill(store, "--init", "0123456789ab") == 2
+    err = capsys.readouterr().err
+    assert "init run 0123456789ab is not a finished run in" in err and "Traceback" not in err
+    assert_nothing_written(store)
+    monkeypatch.setenv("ABLATE_STUDIES", str(tmp_path))
+    (tmp_path / "init_probe.py").write_text(INIT_STUDY)
+    assert main(["run", "init_probe", "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cell (seed=0 init=0123456789ab): init run 0123456789ab is not a finished run" in err
+    assert "ablate run init_source" in err
     assert_nothing_written(store)
 
 
