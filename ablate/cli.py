@@ -1,4 +1,4 @@
-"""The `ablate` command: list, teacher, distill, run, report, compare."""
+"""The `ablate` command: list, teacher, distill, run, sweep, report, findings, compare."""
 
 from __future__ import annotations
 
@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default=None, help="also write the table to this file")
 
     c = sub.add_parser("compare", help="table of runs grouped over seeds, ranked, with deltas to a baseline")
-    c.add_argument("filters", nargs="*", help="FIELD=VALUE filters, e.g. policy=funmatch meta/study=consistency")
+    c.add_argument("filters", nargs="*", help="FIELD=VALUE filters, e.g. policy=funmatch epochs=300")
+    c.add_argument("--study", default=None, help="only the runs of this study's grid (name or file), whichever "
+                                                 "study ran them first")
+    c.add_argument("--preset", default=None, help="the study's preset (with --study)")
     c.add_argument("--store", default=None)
     c.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
     c.add_argument("--metric", default="best/test/acc")
@@ -108,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     from ablate.config import ConfigError
     from ablate.data import DataError
     from ablate.registry import UnknownNameError
+    from ablate.report import QueryError
     from ablate.store import StoreError
     from ablate.study import StudyError
     from ablate.tracking import scrub  # error messages never show W&B credentials
 
     try:
         return COMMANDS[args.command](args) or 0
-    except (ConfigError, StudyError, UnknownNameError, DataError) as e:
+    except (ConfigError, StudyError, UnknownNameError, DataError, QueryError) as e:
         print(f"ablate: error: {scrub(str(e))}", file=sys.stderr)
         return EXIT_USAGE
     except StoreError as e:
@@ -242,6 +246,7 @@ def cmd_report(args) -> None:
     from ablate.store import RunStore
     from ablate.study import load_study
 
+    report.check_source(args.source)
     study = load_study(args.study)
     out = report.render(study, args.preset, source=args.source, store=RunStore(args.store or paths.store_dir()),
                         out_dir=args.out)
@@ -251,10 +256,12 @@ def cmd_report(args) -> None:
 def cmd_findings(args) -> None:
     import pathlib
 
-    from ablate import findings, paths
+    from ablate import findings, paths, report
     from ablate.store import RunStore
 
+    report.check_source(args.source)
     study_presets = findings.parse_study_presets(args.study_preset)
+    findings.check_presets(args.preset, study_presets)
     text = findings.table(args.preset, RunStore(args.store or paths.store_dir()), args.source, study_presets)
     print(text)
     if args.out:
@@ -264,8 +271,20 @@ def cmd_findings(args) -> None:
 def cmd_compare(args) -> None:
     from ablate import paths, report
     from ablate.store import RunStore
+    from ablate.study import load_study
 
-    runs = report.load_runs(args.source, RunStore(args.store or paths.store_dir()))
+    store = RunStore(args.store or paths.store_dir())
+    where = f"the run store {store.root}" if report.check_source(args.source) == "local" else args.source
+    if args.study:
+        runs, _, _ = report.study_frames(load_study(args.study), args.preset, args.source, store)
+        where = f"{where} for study {args.study}" + (f" (preset {args.preset})" if args.preset else "")
+    elif args.preset:
+        raise report.QueryError("--preset picks a study's preset: give the study with --study")
+    else:
+        runs = report.load_runs(args.source, store)
+    if runs.empty:
+        raise report.QueryError(f"no runs in {where}" + (" (--store or $ABLATE_STORE picks another)"
+                                                         if args.source == "local" else ""))
     table = report.compare(runs, args.filters, metric=args.metric, by=args.by, baseline=args.baseline)
     import pandas as pd
 

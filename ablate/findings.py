@@ -199,6 +199,12 @@ def parse_study_presets(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def check_presets(preset: str, study_presets: dict | None = None) -> None:
+    """StudyError, before anything is read, for a study that has no preset of the chosen name."""
+    for study_name in dict.fromkeys(name for _, name, _, _ in FINDINGS):
+        load_study(study_name).resolve((study_presets or {}).get(study_name, preset))
+
+
 def table(preset: str, store: RunStore, source: str = "local", study_presets: dict | None = None) -> str:
     """The reproduction table as markdown: claim, study, our numbers, verdict.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ablate import paths
+from ablate.config import RunConfig
 from ablate.store import RunStore
 from ablate.study import SEED_FIELDS, Study, Variant, cells
 
@@ -16,15 +18,24 @@ TABLE_METRICS = ("best/test/acc", "last/test/acc", "last/test/agree_top1", "last
                  "best/val/acc")
 
 
+class QueryError(ValueError):
+    """A bad source, filter, grouping, metric or baseline for reading runs back; the message says what is valid."""
+
+
 # ----------------------------------------------------------------------------- sources
+
+def check_source(source: str) -> str:
+    """`source` if it is 'local' or 'wandb:ENTITY/PROJECT'; QueryError otherwise."""
+    if source == "local" or (source.startswith("wandb:") and source[len("wandb:"):].strip("/")):
+        return source
+    raise QueryError(f"unknown source {source!r}; use 'local' or 'wandb:ENTITY/PROJECT'")
+
 
 def load_runs(source: str, store: RunStore, group: str | None = None) -> pd.DataFrame:
     """Runs as a DataFrame from the local store, or from W&B with source 'wandb:ENTITY/PROJECT'."""
-    if source == "local":
+    if check_source(source) == "local":
         return store.frame()
-    if source.startswith("wandb:"):
-        return _wandb_runs(source[len("wandb:"):], group)[0]
-    raise ValueError(f"unknown source {source!r}; use 'local' or 'wandb:ENTITY/PROJECT'")
+    return _wandb_runs(source[len("wandb:"):], group)[0]
 
 
 def _wandb_runs(path: str, group: str | None):
@@ -46,7 +57,7 @@ def study_frames(study: Study, preset: str | None, source: str, store: RunStore)
     """(runs, histories, expected cells) of a study: only the runs its grid defines."""
     grid = cells(study, preset)
     ids = [c.run_id for c in grid]
-    if source == "local":
+    if check_source(source) == "local":
         runs, hist = store.frame(ids), store.history_frame(ids)
     else:
         runs, hist = _wandb_runs(source[len("wandb:"):], study.name)
@@ -108,23 +119,33 @@ def _is_pct(metric: str) -> bool:
 
 def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc", by: str | None = None,
             baseline: str | None = None) -> pd.DataFrame:
-    """Runs filtered by FIELD=VALUE, grouped over seeds, ranked by `metric`, with deltas to a baseline group."""
+    """Runs filtered by FIELD=VALUE, grouped over seeds, ranked by `metric`, with deltas to a baseline group.
+
+    Values match as numbers where both sides are numbers (`epochs=500` finds 500.0), else as text. Bad
+    filters, fields, metrics or baselines raise QueryError naming what is valid.
+    """
+    if runs.empty:
+        raise QueryError("no runs to compare")
     df = runs.copy()
     for f in filters:
-        if "=" not in f:
-            raise ValueError(f"filter {f!r} must look like FIELD=VALUE")
-        k, v = f.split("=", 1)
-        if k not in df:
-            raise ValueError(f"unknown field {k!r} in filter; fields: {', '.join(sorted(map(str, df.columns)))}")
-        df = df[df[k].astype(str) == v]
-    if df.empty:
-        raise ValueError("no runs match the filters")
+        k, v = _field_value(f, "filter", df)
+        kept = df[_equals(df[k], v)]
+        if kept.empty:
+            present = ", ".join(sorted({str(x) for x in df[k]})[:20])
+            raise QueryError(f"no runs match {' '.join(filters)}: no run with {k}={v} "
+                             f"{'among those matching the filters before it ' if len(df) < len(runs) else ''}"
+                             f"(values of {k}: {present})")
+        df = kept
     if metric not in df:
         if "status" in df and (df.status == "done").any():
-            raise ValueError(f"unknown metric {metric!r}; metrics: "
+            raise QueryError(f"unknown metric {metric!r}; metrics: "
                              f"{', '.join(c for c in df.columns if c.startswith(('best/', 'last/')))}")
         df[metric] = np.nan  # no run has finished yet: the table still lists the failed ones
     keys = by.split(",") if by else (_varying(df) or ["policy" if "policy" in df else "run_id"])
+    unknown = [k for k in keys if k not in df]
+    if unknown:
+        raise QueryError(f"cannot group by {', '.join(map(repr, unknown))}: no such field; "
+                         f"fields: {', '.join(sorted(map(str, df.columns)))}")
     table = summarize(df, keys, metrics=(metric,))
     for col, states in (("failed", ("failed", "damaged")), ("running", ("running",))):  # always shown
         counts = df[df.status.isin(states)].groupby(keys, dropna=False).size().rename(col)
@@ -138,21 +159,46 @@ def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc
     table = table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     if baseline:
-        k, v = baseline.split("=", 1)
-        base = table[table[k].astype(str) == v]
+        k, v = _field_value(baseline, "baseline", table, valid=keys)
+        base = table[_equals(table[k], v)]
         if base.empty:
-            raise ValueError(f"baseline {baseline!r} matches no group; groups: {table[keys].to_dict('records')}")
+            raise QueryError(f"baseline {baseline!r} matches no group; groups: {table[keys].to_dict('records')}")
+        if len(base) > 1:
+            raise QueryError(f"baseline {baseline!r} matches {len(base)} groups: {base[keys].to_dict('records')}; "
+                             "add a filter so that one group matches")
         table[f"delta vs {baseline}"] = table[metric] - base[metric].iloc[0]
     return table
 
 
-CONFIG_KEYS = ("dataset", "teacher", "model", "policy", "loss", "temperature", "label_smoothing", "mixup_p",
-               "ic_min_area", "ens_crops", "epochs", "batch_size", "lr", "wd", "optimizer", "subset_per_class",
-               "resolution", "init")
+def _field_value(spec: str, what: str, df: pd.DataFrame, valid: list[str] | None = None) -> tuple[str, str]:
+    """"FIELD=VALUE" -> (FIELD, VALUE), FIELD one of `valid` (default: the frame's columns)."""
+    k, sep, v = spec.partition("=")
+    if not sep or not k:
+        raise QueryError(f"{what} {spec!r} must look like FIELD=VALUE, e.g. policy=funmatch")
+    valid = valid if valid is not None else sorted(map(str, df.columns))
+    if k not in valid:
+        raise QueryError(f"unknown field {k!r} in {what} {spec!r}; "
+                         f"{'grouping fields' if what == 'baseline' else 'fields'}: {', '.join(valid)}")
+    return k, v
+
+
+def _equals(column: pd.Series, value: str) -> pd.Series:
+    """Rows whose value is `value`: as numbers where both are numbers, else as text."""
+    as_text = column.astype(str) == value
+    try:
+        number = float(value)
+    except ValueError:
+        return as_text
+    as_number = pd.to_numeric(column, errors="coerce").astype(float)
+    return as_text | pd.Series(np.isclose(as_number, number, rtol=1e-12, atol=0.0), index=column.index)
 
 
 def _varying(df: pd.DataFrame) -> list[str]:
+    """Config fields (besides the seeds, which a group averages over) whose value differs between runs."""
     return [k for k in CONFIG_KEYS if k in df and df[k].astype(str).nunique() > 1]
+
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in SEED_FIELDS)
 
 
 # ----------------------------------------------------------------------------- figures

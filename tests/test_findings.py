@@ -95,7 +95,8 @@ def test_finding7_from_labels_or_run_ids():
 
 def test_study_presets_read_one_study_at_another_preset(tmp_path, capsys):
     """`--study-preset patience=long` reads patience at `long` (1,000 epochs added), every other study at --preset;
-    a malformed or unknown override is a usage error before anything is read."""
+    a malformed or unknown override, a preset some study lacks, or an unknown source is a usage error before
+    anything is read."""
     from ablate.cli import main
     from ablate.store import RunStore
 
@@ -103,6 +104,11 @@ def test_study_presets_read_one_study_at_another_preset(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("| 2 ") or line.startswith("| 1 ")]
     assert "`patience` (long) | 0/75 " in rows[1]  # 5 policies x 5 schedules x 3 seeds, none run in this store
     assert "`consistency` (full) | 0/27 " in rows[0]
-    for bad, message in (("patience", "must look like STUDY=PRESET"), ("nope=long", "no finding reads")):
+    for bad, message in (("patience", "must look like STUDY=PRESET"), ("nope=long", "no finding reads"),
+                         ("patience=nope", "study 'patience' has no preset 'nope'; valid presets: full, long, quick")):
         assert main(["findings", "--store", str(tmp_path / "store"), "--study-preset", bad]) == 2
         assert message in capsys.readouterr().err
+    assert main(["findings", "--store", str(tmp_path / "store"), "--preset", "long"]) == 2  # only patience has it
+    assert "study 'consistency' has no preset 'long'; valid presets: full, quick" in capsys.readouterr().err
+    assert main(["findings", "--store", str(tmp_path / "store"), "--source", "foo"]) == 2
+    assert "unknown source 'foo'" in capsys.readouterr().err

@@ -151,6 +151,53 @@ def test_compare_prints_ranked_rows_with_deltas(tiny_run, capsys):
     assert table.loc[table.policy == "supervised", "delta vs policy=supervised"].iloc[0] == 0.0
 
 
+def test_compare_reads_a_studys_grid_and_matches_numbers_as_numbers(tiny_run, capsys):
+    """--study picks the runs of a study's grid, even those another study ran first (stored under its name);
+    numeric filters match whatever way the number is written."""
+    import pandas as pd
+
+    _, store, tmp = tiny_run
+    again = write(tmp, "tiny_again", TINY.replace('name="tiny"', 'name="tiny_again"')
+                  .replace('"funmatch", "fix/rs",\n', '"funmatch",\n'))
+    assert main(["compare", "meta/study=tiny_again", "--store", str(store)]) == 2
+    assert "no run with meta/study=tiny_again (values of meta/study: tiny)" in capsys.readouterr().err
+    csv = tmp / "again.csv"
+    assert main(["compare", "--study", again, "--store", str(store), "--csv", str(csv)]) == 0
+    assert sorted(pd.read_csv(csv)["policy"]) == ["funmatch", "supervised"]
+    for filters in (["epochs=4", "lr=1e-2"], ["epochs=4.0", "lr=0.010"]):
+        assert main(["compare", *filters, "--store", str(store), "--csv", str(csv)]) == 0
+        assert sorted(pd.read_csv(csv)["policy"]) == ["fix/rs", "funmatch", "supervised"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--source", "foo"], "unknown source 'foo'; use 'local' or 'wandb:ENTITY/PROJECT'"),
+    (["policy"], "filter 'policy' must look like FIELD=VALUE"),
+    (["nosuch=1"], "unknown field 'nosuch' in filter 'nosuch=1'; fields: "),
+    (["policy=nosuch"], "no run with policy=nosuch (values of policy: fix/rs, funmatch, supervised)"),
+    (["--metric", "nosuch"], "unknown metric 'nosuch'; metrics: best/"),
+    (["--by", "nosuch"], "cannot group by 'nosuch': no such field"),
+    (["--baseline", "policy"], "baseline 'policy' must look like FIELD=VALUE"),
+    (["--baseline", "lr=1"], "unknown field 'lr' in baseline 'lr=1'; grouping fields: "),
+    (["--baseline", "policy=nosuch"], "baseline 'policy=nosuch' matches no group; groups: "),
+    (["--by", "policy,loss", "--baseline", "loss=kl"], "baseline 'loss=kl' matches 2 groups: "),
+    (["--preset", "two_seeds"], "give the study with --study"),
+])
+def test_compare_rejects_bad_input_with_exit_2(tiny_run, capsys, args, message):
+    """Every bad source, filter, field, metric or baseline of `ablate compare` is an exit-2 error that says
+    what is valid; no traceback."""
+    _, store, _ = tiny_run
+    rc = main(["compare", *args, "--store", str(store)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_compare_on_an_empty_store_names_it(tmp_path, capsys):
+    """No runs at all: the error says which store was empty, not that filters matched nothing."""
+    assert main(["compare", "--store", str(tmp_path / "none")]) == 2
+    assert f"no runs in the run store {tmp_path / 'none'}" in capsys.readouterr().err
+
+
 def test_shards_partition_the_grid(tmp_path):
     """--shard K/N slices are disjoint and together cover every cell exactly once."""
     study = load_study(write(tmp_path, "tiny", TINY))
