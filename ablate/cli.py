@@ -77,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--preset", default=None)
     rep.add_argument("--store", default=None)
     rep.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
-    rep.add_argument("--out", default=None, help="output folder (default: reports/STUDY/PRESET, or reports/STUDY/default)")
+    rep.add_argument("--out", default=None, help="output folder (default: REPORTS/NAME/PRESET, or REPORTS/NAME/default "
+                                                 "without a preset; REPORTS is $ABLATE_REPORTS or ./reports, NAME the "
+                                                 "study's name, e.g. paper_pets for paper/pets)")
 
     f = sub.add_parser("findings", help="test the paper's findings 1-8 against logged runs; writes a markdown table")
-    f.add_argument("--preset", default="full")
+    f.add_argument("--preset", default="full", help="preset every study is read at (default: full)")
     f.add_argument("--store", default=None)
     f.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
     f.add_argument("--study-preset", action="append", default=[], metavar="STUDY=PRESET",
@@ -249,7 +251,7 @@ def cmd_report(args) -> None:
     report.check_source(args.source)
     study = load_study(args.study)
     out = report.render(study, args.preset, source=args.source, store=RunStore(args.store or paths.store_dir()),
-                        out_dir=args.out)
+                        out_dir=args.out, called=args.study)
     print(f"report written to {out / 'report.md'}")
 
 

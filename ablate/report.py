@@ -204,8 +204,12 @@ CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not 
 # ----------------------------------------------------------------------------- figures
 
 def render(study: Study, preset: str | None, *, source: str = "local", store: RunStore | None = None,
-           out_dir: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Write the study's figures (PNG) and report.md with its tables; returns the folder."""
+           out_dir: str | pathlib.Path | None = None, called: str | None = None) -> pathlib.Path:
+    """Write the study's figures (PNG) and report.md with its tables; returns the folder.
+
+    `called` is the study as given to `ablate run` (e.g. "paper/pets" for the study named paper_pets), for the
+    commands report.md quotes; default: the study's name.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,13 +224,14 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
 
     lines = [f"# Study `{study.name}`" + (f" (preset `{preset}`)" if preset else ""), "", f"> {study.question}", ""]
     n_done = int((runs.status == "done").sum()) if len(runs) else 0
+    called = called or study.name
     run_flags = f" --preset {preset}" if preset else ""
     report_flags = run_flags + (f" --source {source}" if source != "local" else "")
     metrics = study.metrics or TABLE_METRICS
     lines += [f"{n_done} of {len(grid)} runs finished; rendered {time.strftime('%Y-%m-%d %H:%M')} "
               f"from `{source}`.", "",
-              f"Made by `ablate run {study.name}{run_flags}` (the runs) and "
-              f"`ablate report {study.name}{report_flags}` (this page).", ""]
+              f"Made by `ablate run {called}{run_flags}` (the runs) and "
+              f"`ablate report {called}{report_flags}` (this page).", ""]
     if n_done:
         shows_test = any("test/" in m for m in metrics)
         teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
@@ -245,7 +250,7 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     lines += did_not_finish(runs)
     missing = len(grid) - len(runs)
     if missing:
-        lines += [f"{missing} cells have not started; run `ablate run {study.name}{run_flags}`.", ""]
+        lines += [f"{missing} cells have not started; run `ablate run {called}{run_flags}`.", ""]
     if len(runs):
         columns = ([c for c in (*study.metrics, "wall_s") if c in runs] if study.metrics else
                    [c for c in runs.columns if c.startswith(("best/", "last/", "teacher/")) or c == "wall_s"])

@@ -137,7 +137,13 @@ def _check_shape(s: Study) -> None:
     for k, v in s.axes.items():
         if not isinstance(v, (list, tuple)) or not v:
             raise StudyError(f"study {s.name!r}: axis {k!r} must be a non-empty list, got {v!r}")
+    if not isinstance(s.zipped, (list, tuple)) or not all(isinstance(z, dict) for z in s.zipped):
+        raise StudyError(f"study {s.name!r}: zipped must be a tuple of dicts of field -> list of values "
+                         f"(e.g. zipped=(dict(lr=[0.1, 0.03], wd=[0, 1e-4]),)), got {s.zipped!r}")
     for z in s.zipped:
+        for k, v in z.items():
+            if not isinstance(v, (list, tuple)) or not v:
+                raise StudyError(f"study {s.name!r}: zipped axis {k!r} must be a non-empty list, got {v!r}")
         lengths = {k: len(v) for k, v in z.items()}
         if len(set(lengths.values())) > 1:
             raise StudyError(f"study {s.name!r}: zipped axes must have equal lengths, got {lengths}")
@@ -146,6 +152,12 @@ def _check_shape(s: Study) -> None:
     if s.seed_field not in SEED_FIELDS:
         raise StudyError(f"study {s.name!r}: seed_field must be one of {', '.join(SEED_FIELDS)}, "
                          f"got {s.seed_field!r}")
+    varied = [*s.axes, *(k for z in s.zipped for k in z)]
+    if s.seed_field in varied:
+        raise StudyError(f"study {s.name!r}: {s.seed_field!r} is both an axis and what `seeds` varies; "
+                         f"drop the axis and set seeds=N (cells get {s.seed_field} 0..N-1)")
+    if not isinstance(s.figures, (list, tuple)):
+        raise StudyError(f"study {s.name!r}: figures must be a tuple of names, e.g. ('final',), got {s.figures!r}")
     bad = [f for f in s.figures if f not in FIGURES]
     if bad:
         raise StudyError(f"study {s.name!r}: unknown figure(s) {bad}; valid figures: {', '.join(FIGURES)}")

@@ -94,13 +94,14 @@ def test_rerun_runs_nothing_new(tiny_run, capsys):
 
 
 def test_report_renders_figures_and_tables(tiny_run):
-    """`ablate report` writes report.md with one row per policy, and every declared figure as a PNG."""
+    """`ablate report` writes report.md with one row per policy, every declared figure as a PNG, and the commands
+    that made it with the study as the user gave it (here a file)."""
     study, store, tmp = tiny_run
     out = tmp / "report"
     assert main(["report", study, "--store", str(store), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "3 of 3 runs finished" in text
-    assert "Made by `ablate run tiny` (the runs) and `ablate report tiny` (this page)" in text
+    assert f"Made by `ablate run {study}` (the runs) and `ablate report {study}` (this page)" in text  # as typed
     for policy in ("funmatch", "fix/rs", "supervised"):
         assert f"| {policy} | 1 |" in text
     for fig in ("final", "loss_vs_acc", "curves"):
@@ -228,6 +229,13 @@ def test_dry_run_prints_grid_and_cost(tmp_path, capsys):
     (TINY.replace("epochs=4", "epochs=-4"), "epochs must be > 0"),
     (TINY.replace("seeds=1", "seeds=0"), "seeds must be a positive int"),
     (TINY.replace('axes=dict(policy=[', 'axes=dict(polcy=['), "unknown config field(s) polcy"),
+    (TINY.replace("seeds=1,", "seeds=1, zipped=dict(lr=[0.1, 0.03], wd=[0.0, 1e-4]),"),
+     "zipped must be a tuple of dicts of field -> list of values"),
+    (TINY.replace("seeds=1,", "seeds=1, zipped=(dict(lr=[], wd=[]),),"), "zipped axis 'lr' must be a non-empty list"),
+    (TINY.replace('figures=("final", "loss_vs_acc", "curves")', 'figures="final"'),
+     "figures must be a tuple of names, e.g. ('final',), got 'final'"),
+    (TINY.replace("seeds=1,", "seeds=2, zipped=(dict(seed=[0, 1], lr=[0.1, 0.03]),),"),
+     "'seed' is both an axis and what `seeds` varies"),
 ])
 def test_bad_study_fails_before_any_run(tmp_path, capsys, body, message):
     """A malformed study or an unknown axis value: exit 2 with a specific message, nothing written."""
