@@ -70,6 +70,9 @@ def test_finding8_needs_the_strongest_mixup_to_win_beyond_noise():
     runs["last/test/acc"] = [0.834, 0.830, 0.835, 0.831, 0.833, 0.829]  # 0.5 ahead, but only by noise
     text, verdict = findings.finding8(runs)
     assert verdict == "does not hold (no p is better)" and "within the seed spread" in text
+    runs["last/test/acc"] = [0.800, 0.804, 0.838, 0.842, 0.840, 0.844]  # p=1 best, but only by noise over p=0.5
+    text, verdict = findings.finding8(runs)
+    assert verdict == "does not hold (no p is better)" and "p=1 leads p=0.5 by 0.20, within the seed spread" in text
 
 
 def test_finding6_counts_only_what_transfers_to_unseen_classes():
