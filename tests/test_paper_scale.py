@@ -1,5 +1,6 @@
 """Paper scale without the paper's data: the paper's study files, dry-run costs, BiT checkpoint teachers, W&B sweeps, --cell."""
 
+import logging
 import shlex
 import textwrap
 
@@ -77,10 +78,12 @@ def test_flowers_presets_match_the_papers_table():
                                                                  "same/rc", "same/ic", "funmatch", "supervised"}
 
 
-def test_dry_run_needs_no_data_or_teacher_files(no_data, capsys):
-    """`ablate run paper/flowers --preset long --dry-run` prints the grid, total steps and costs per machine."""
+def test_dry_run_needs_no_data_or_teacher_files(no_data, capsys, caplog):
+    """`ablate run paper/flowers --preset long --dry-run` prints the grid, total steps and costs per machine, and
+    no warning about the data folders it finds empty."""
     store = no_data / "store"
     assert main(["run", "paper/flowers", "--preset", "long", "--dry-run", "--store", str(store)]) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     out = capsys.readouterr().out
     steps = num_steps(RunConfig(epochs=1e6, batch_size=512), 1020)
     assert steps == 1_992_187

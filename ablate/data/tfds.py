@@ -110,7 +110,10 @@ def how_to_prepare(name: str, data_dir: str | None) -> str:
 def open_data_source(name: str, split: str, data_dir: str | None, decoders=None):
     """`tfds.data_source` that never downloads and turns any failure into a DataError saying how to prepare."""
     import tensorflow_datasets as tfds
+    from absl import logging as absl_logging
 
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns about folders it probes; a failure says it all below
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except Exception as e:  # noqa: BLE001 - tfds raises many types (not found, wrong format, bad split)
@@ -119,6 +122,8 @@ def open_data_source(name: str, split: str, data_dir: str | None, decoders=None)
         reason = f"{root} does not exist" if not os.path.isdir(root) else f"{type(e).__name__}: {detail}"
         raise DataError(f"cannot open TFDS dataset {name!r} split {split!r}: {reason}\n"
                         f"{how_to_prepare(name.split('/')[0], data_dir)}") from e
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 def fit_image(image: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
