@@ -7,6 +7,7 @@ import os
 import sys
 
 EXIT_USAGE = 2
+STORE_HELP = "local run store folder (default: $ABLATE_STORE or ./runs)"
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,7 @@ def _positive_int(text: str) -> int:
 
 
 def _sink_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", default=None, help="local run store folder (default: $ABLATE_STORE or ./runs)")
+    p.add_argument("--store", default=None, help=STORE_HELP)
     p.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="W&B mode: auto = online with credentials, offline otherwise (default: auto)")
     p.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "ablate"))
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="render a study's figures and report.md from its logged runs")
     rep.add_argument("study")
     rep.add_argument("--preset", default=None)
-    rep.add_argument("--store", default=None)
+    rep.add_argument("--store", default=None, help=STORE_HELP)
     rep.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
     rep.add_argument("--out", default=None, help="output folder (default: REPORTS/NAME/PRESET, or REPORTS/NAME/default "
                                                  "without a preset; REPORTS is $ABLATE_REPORTS or ./reports, NAME the "
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("findings", help="test the paper's findings 1-8 against logged runs; writes a markdown table")
     f.add_argument("--preset", default="full", help="preset every study is read at (default: full)")
-    f.add_argument("--store", default=None)
+    f.add_argument("--store", default=None, help=STORE_HELP)
     f.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
     f.add_argument("--study-preset", action="append", default=[], metavar="STUDY=PRESET",
                    help="read one study at another preset, e.g. patience=long (repeatable)")
@@ -94,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--study", default=None, help="only the runs of this study's grid (name or file), whichever "
                                                  "study ran them first")
     c.add_argument("--preset", default=None, help="the study's preset (with --study)")
-    c.add_argument("--store", default=None)
+    c.add_argument("--store", default=None, help=STORE_HELP)
     c.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
-    c.add_argument("--metric", default="best/test/acc")
+    c.add_argument("--metric", default="best/test/acc", help="metric to rank by (default: best/test/acc)")
     c.add_argument("--by", default=None, help="comma-separated fields to group by (default: the fields that vary)")
     c.add_argument("--baseline", default=None, help="FIELD=VALUE of the baseline group, e.g. policy=supervised")
     c.add_argument("--csv", default=None, help="also write the table to this CSV file")
