@@ -271,7 +271,8 @@ def ensemble_logits(teacher: Teacher, source, k: int, min_area: float, seed: int
         for j in range(k):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), start), j)
             probs = probs + np.asarray(fn(teacher.params, chunk, key), np.float64)
-        out.append(np.log(probs / k).astype(np.float32))
+        # a float32 softmax can underflow to 0 for a very confident teacher: log(0) = -inf would make kl NaN
+        out.append(np.log(np.maximum(probs / k, np.finfo(np.float32).tiny)).astype(np.float32))
     return np.concatenate(out)
 
 
@@ -296,10 +297,21 @@ def targets_key(teacher: Teacher, source_id: dict, view: str, **view_args) -> st
 
 
 def source_id(source) -> dict:
-    """Identify a split's content: count and a hash of its labels and images."""
+    """Identify a split's content: count and a hash of its labels and images.
+
+    A source read on demand (TFDS) has no images in memory: it is identified by
+    what it reads (dataset, split, folder, image size and fit); a subset of
+    another source by that source and the indices it takes.
+    """
     h = hashlib.sha256(np.asarray(source.labels).tobytes())
     if hasattr(source, "images"):
         h.update(np.ascontiguousarray(source.images).tobytes())
+    elif hasattr(source, "indices") and hasattr(source, "parent"):
+        h.update(np.asarray(source.indices, np.int64).tobytes())
+        h.update(content_hash(source_id(source.parent)).encode())
+    else:
+        h.update(content_hash({k: getattr(source, k, None) for k in ("name", "split", "data_dir", "size", "fit")})
+                 .encode())
     return {"n": len(source), "content": h.hexdigest()}
 
 

@@ -99,6 +99,20 @@ def test_real_array_record_path(tiny_dir, monkeypatch):
     np.testing.assert_array_equal(clone[2]["image"], d.test[2]["image"])
     squash = T.load_tfds("tiny", data_dir=tiny_dir, source_size=24, fit="squash")
     assert squash.train[5]["image"].shape == (24, 24, 3)
+    # teacher-target cache keys: the same labels read at another size or fit, or another subset with the same
+    # labels, are other content
+    from ablate.teachers import source_id
+    from ablate.train import _Subset
+
+    crop = T.load_tfds("tiny", data_dir=tiny_dir, source_size=24)
+    ids = {source_id(crop.train)["content"], source_id(squash.train)["content"], source_id(d.train)["content"]}
+    assert len(ids) == 3 and source_id(crop.train) == source_id(T.load_tfds("tiny", data_dir=tiny_dir,
+                                                                             source_size=24).train)
+    same_labels = [i for i in range(9) if d.train.labels[i] == d.train.labels[0]]
+    assert len(same_labels) >= 2
+    a, b = _Subset(d.train, np.array(same_labels[:1])), _Subset(d.train, np.array(same_labels[1:2]))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert source_id(a) != source_id(b)
 
 
 def test_missing_dataset_is_a_clear_data_error(tmp_path):

@@ -159,6 +159,23 @@ def test_ic_ens_is_the_log_mean_softmax_over_k_inception_crops(teacher, fmnist):
     np.testing.assert_allclose(one[:500], np.asarray(jax.nn.log_softmax(run(teacher.model, teacher.params, x0))), rtol=1e-4, atol=1e-5)
 
 
+def test_ic_ens_targets_stay_finite_for_a_very_confident_teacher(teacher, fmnist):
+    """A teacher so confident that float32 softmax underflows to 0 still gives finite targets, and a finite kl."""
+    from ablate.teachers import ensemble_logits
+
+    params = jax.tree_util.tree_map(lambda x: x, teacher.params)
+    params["head"] = {**params["head"], "kernel": params["head"]["kernel"] * 1e4, "bias": params["head"]["bias"]}
+    loud = dataclasses.replace(teacher, params=params, fingerprint="loud")
+    source = fmnist.train.take(np.arange(50))
+    probs = jax.nn.softmax(run(loud.model, loud.params, views.render(source.images, views.resize(None, 50),
+                                                                      loud.resolution)))
+    assert (np.asarray(probs) == 0).any()  # the premise: some probabilities underflow
+    got = ensemble_logits(loud, source, 2, 0.25)
+    assert np.isfinite(got).all()
+    student = jnp.zeros((50, got.shape[1]))
+    assert np.isfinite(np.asarray(kl(student, jnp.asarray(got), None))).all()
+
+
 def test_fixed_targets_equal_the_frozen_teacher_on_the_students_rs_input(teacher, fmnist_small):
     """fix/rs: targets[index] gathered for any batch, in any epoch, equal the teacher run on that batch's input."""
     cfg = distill_cfg(policy="fix/rs", subset_per_class=10, batch_size=25, epochs=2)
