@@ -46,14 +46,21 @@ def paper_optimizer(lr: float, wd: float, total_steps: int, warmup_steps: int, c
 
 
 def direction(name: str, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-    """The update direction before lr and decay: adam (the paper's) or an alternative from optax."""
+    """The update direction before lr and decay: adam (the paper's) or an alternative from optax.
+
+    `b1` is Adam's first-moment decay, Nesterov SGD's momentum and Lion's interpolation decay; `b2` and `eps`
+    are Adam's alone.
+    """
     if name == "adam":
         return optax.scale_by_adam(b1, b2, eps)
     if name == "sgdm":
         return optax.trace(decay=b1, nesterov=True)
-    if name == "lion":
-        return optax.scale_by_lion(b1=b1, b2=b2)
+    if name == "lion":  # Lion's own interpolation (b1) and momentum (b2 = 0.99) decays, not Adam's b2
+        return optax.scale_by_lion(b1=b1, b2=LION_B2)
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
+
+LION_B2 = 0.99
+"""Lion's momentum decay, as in its paper (Chen et al. 2023) and optax's default; Adam's b2 = 0.999 is another quantity."""
 
 OPTIMIZERS = ("adam", "lion", "sgdm")

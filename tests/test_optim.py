@@ -124,3 +124,26 @@ def test_clipping_bounds_the_global_norm_before_adam():
     # Adam's first moment saw the clipped gradient, not the raw one
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
+
+
+def test_lion_is_optaxs_lion_with_its_own_momentum_decay():
+    """`optimizer="lion"`: the chain's direction is optax's Lion with b1 0.9 and Lion's b2 0.99 (not Adam's 0.999)."""
+    from ablate.optim import direction
+
+    params = {"w": jnp.ones((3,))}
+    grads = [{"w": jnp.array([0.3, -0.2, 0.01]) * (k + 1) * (-1) ** k} for k in range(5)]
+
+    def momentum(opt):
+        state = opt.init(params)
+        updates = []
+        for g in grads:
+            u, state = opt.update(g, state, params)
+            updates.append(np.asarray(u["w"]))
+        return np.asarray(state.mu["w"]), updates
+
+    ours, lion, adams_b2 = (momentum(direction("lion", 0.9, 0.999, 1e-8)), momentum(optax.scale_by_lion(0.9, 0.99)),
+                            momentum(optax.scale_by_lion(0.9, 0.999)))
+    np.testing.assert_array_equal(ours[0], lion[0])
+    for a, b in zip(ours[1], lion[1]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(ours[0], adams_b2[0])
