@@ -52,7 +52,12 @@ def random_crop(key: jax.Array, n: int) -> Crops:
 
 def inception_crop(key: jax.Array, n: int, min_area: float = 0.05,
                    aspect: tuple[float, float] = (3 / 4, 4 / 3)) -> Crops:
-    """`ic`: a box of random area in [min_area, 1] and log-uniform aspect ratio, random position and flip."""
+    """`ic`: a box of random area in [min_area, 1] and log-uniform aspect ratio, random position and flip.
+
+    A side longer than the image is clipped to it (TF's `sample_distorted_bounding_box`
+    redraws such a box instead): 17% of boxes at min_area 0.25 (mean area 0.617
+    instead of 0.625), 14% at 0.05 (0.518 instead of 0.525).
+    """
     ka, kr, ky, kx, kf = jax.random.split(key, 5)
     area = jax.random.uniform(ka, (n,), minval=min_area, maxval=1.0)
     log_r = jax.random.uniform(kr, (n,), minval=jnp.log(aspect[0]), maxval=jnp.log(aspect[1]))
