@@ -249,7 +249,6 @@ def cmd_report(args) -> None:
     from ablate.store import RunStore
     from ablate.study import load_study
 
-    report.check_source(args.source)
     study = load_study(args.study)
     out = report.render(study, args.preset, source=args.source, store=RunStore(args.store or paths.store_dir()),
                         out_dir=args.out, called=args.study)

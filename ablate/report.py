@@ -193,12 +193,13 @@ def _equals(column: pd.Series, value: str) -> pd.Series:
     return as_text | pd.Series(np.isclose(as_number, number, rtol=1e-12, atol=0.0), index=column.index)
 
 
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in SEED_FIELDS)
+"""Config fields a compare table may group by: all but the seeds, which a group averages over."""
+
+
 def _varying(df: pd.DataFrame) -> list[str]:
     """Config fields (besides the seeds, which a group averages over) whose value differs between runs."""
     return [k for k in CONFIG_KEYS if k in df and df[k].astype(str).nunique() > 1]
-
-
-CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(RunConfig) if f.name not in SEED_FIELDS)
 
 
 # ----------------------------------------------------------------------------- figures

@@ -300,18 +300,17 @@ def source_id(source) -> dict:
     """Identify a split's content: count and a hash of its labels and images.
 
     A source read on demand (TFDS) has no images in memory: it is identified by
-    what it reads (dataset, split, folder, image size and fit); a subset of
-    another source by that source and the indices it takes.
+    what it reads (its `identity`); a subset of another source by that source
+    and the indices it takes.
     """
     h = hashlib.sha256(np.asarray(source.labels).tobytes())
     if hasattr(source, "images"):
         h.update(np.ascontiguousarray(source.images).tobytes())
-    elif hasattr(source, "indices") and hasattr(source, "parent"):
+    elif hasattr(source, "parent"):  # train._Subset
         h.update(np.asarray(source.indices, np.int64).tobytes())
         h.update(content_hash(source_id(source.parent)).encode())
-    else:
-        h.update(content_hash({k: getattr(source, k, None) for k in ("name", "split", "data_dir", "size", "fit")})
-                 .encode())
+    elif hasattr(source, "identity"):
+        h.update(content_hash(source.identity).encode())
     return {"n": len(source), "content": h.hexdigest()}
 
 

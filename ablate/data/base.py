@@ -15,7 +15,13 @@ class DataError(RuntimeError):
 
 
 class RandomAccessSource(Protocol):
-    """A grain-compatible random-access source whose records are (image uint8 HWC, label)."""
+    """A grain-compatible random-access source whose records are (image uint8 HWC, label).
+
+    Teacher-target caches key a source by its labels and its `images` array when it
+    holds one; a source that reads images on demand should say what it reads in an
+    `identity` dict (as `TfdsSource` does), or two such sources with equal labels share
+    cached targets.
+    """
 
     labels: np.ndarray
 

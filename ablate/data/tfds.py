@@ -175,6 +175,11 @@ class TfdsSource:
     def features(self):
         return self.source.dataset_info.features
 
+    @property
+    def identity(self) -> dict:
+        """What this source reads, for cache keys (its images are never all in memory to hash)."""
+        return {"name": self.name, "split": self.split, "data_dir": self.data_dir, "size": self.size, "fit": self.fit}
+
     def __len__(self) -> int:
         return len(self.source)
 
