@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train up to N cells that differ only in student-side fields (lr, wd, loss, temperature, "
                         "model, ...) together, sharing their views and the teacher's forward pass (default 4; "
                         "1 trains every cell alone)")
+    r.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="share the cells among N processes, each with its share of the CPU cores (N at most the "
+                        "cores there are; a one-core worker runs XLA single-threaded; default 1: one process on "
+                        "every core)")
+    r.add_argument("--worker-outcome", default=None, help=argparse.SUPPRESS)  # set by --workers for its workers
     _sink_args(r)
 
     sw = sub.add_parser("sweep", help="write a W&B grid sweep over a study's cells (one agent run per cell)")
@@ -219,8 +224,8 @@ def _print_summary(store, run_id) -> None:
 
 
 def cmd_run(args) -> int:
-    from ablate.study import cells, load_study, run_cells, shard
-    from ablate import estimate
+    from ablate.study import cells, cohorts, load_study, run_cells, shard
+    from ablate import estimate, workers
 
     study = load_study(args.study)
     grid = cells(study, args.preset)
@@ -231,17 +236,48 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(estimate.describe_grid(study, grid, args.preset, args.cohort_size))
         return 0
+    workers.check_count(args.workers)
     runner = _runner(args)
-    runner.preflight([c for c in grid if not runner.store.is_done(c.run_id)])  # bad input fails before any run
-    group = study.name
-    outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
-                        progress=not args.no_progress, desc=f"{study.name} ({args.preset or 'default'})",
-                        cohort_key=runner.cohort_key, cohort_size=args.cohort_size)
+    pending = [c for c in grid if not runner.store.is_done(c.run_id)]
+    runner.preflight(pending)  # bad input fails before any run
+    group, desc = study.name, f"{study.name} ({args.preset or 'default'})"
+    n = min(args.workers, len(cohorts(pending, runner.cohort_key, args.cohort_size)))  # no idle workers
+    if n > 1:
+        outcome = _run_workers(args, n, runner, grid, pending, desc)
+    else:
+        outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
+                            progress=not args.no_progress, desc=desc, cohort_key=runner.cohort_key,
+                            cohort_size=args.cohort_size)
+    if args.worker_outcome:
+        workers.write_outcome(args.worker_outcome, outcome)
     print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
           f"{outcome.busy} being run elsewhere; runs in {runner.store.root}")
     if outcome.ran or outcome.skipped:
         print(f"render it with: ablate report {args.study}" + (f" --preset {args.preset}" if args.preset else ""))
-    return 1 if outcome.failed else 0
+    return 1 if outcome.failed or outcome.stopped else 0
+
+
+def _run_workers(args, n: int, runner, grid, pending, desc):
+    """`ablate run --workers n`: the same study run by n pinned processes (ablate.workers); their summed outcome."""
+    import jax
+
+    from ablate import workers
+    from ablate.config import ConfigError
+
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        raise ConfigError(f"--workers shares one host's CPU cores among processes; this run is on "
+                          f"{jax.process_count()} process(es) of backend {jax.default_backend()}: drop --workers")
+    workers.check_cells(pending)
+    for name in sorted({c.config.teacher for c in pending if c.config.teacher}):
+        runner.teacher(name)  # trained (or loaded) once, here, before the workers read its cache
+    command = ["run", args.study, "--cohort-size", str(args.cohort_size),
+               "--store", str(runner.store.root), "--wandb", args.wandb, "--wandb-project", args.wandb_project,
+               "--no-progress"]
+    for flag, value in (("--preset", args.preset), ("--shard", args.shard), ("--cell", args.cell),
+                        ("--wandb-entity", args.wandb_entity)):
+        if value:
+            command += [flag, value]
+    return workers.run_workers(n, command, grid, runner.store, progress=not args.no_progress, desc=desc)
 
 
 def cmd_report(args) -> None:

@@ -133,7 +133,8 @@ class Runner:
         targets, eval_teacher = run_inputs(cfg, data, teacher, log=self.log)
         inits = [self.init_params(c.config, data) for c in cells_]
         backend = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
-                   "processes": jax.process_count(), "xla_flags": xla_flags.in_effect}
+                   "processes": jax.process_count(), "cpus": xla_flags.cores_in_effect,
+                   "xla_flags": xla_flags.in_effect}
         started, sinks = [], []
         try:
             members = []

@@ -1,14 +1,28 @@
 """XLA options ablate sets before jax starts its backend, and why.
 
-jaxlib 0.10 hands CPU convolutions (and some reductions) to YNNPACK by
-default. On the small-channel convolutions of ablate's models that path is
-slower than XLA's own Eigen convolutions: 1.2-1.3x per funmatch training
-step on a 2-core Xeon, and about 3x on one 3x3 convolution's forward and
-backward (benchmarks/bench_xla_options.py, benchmarks/README.md). So ablate
-turns the YNNPACK fusions off. Results agree with jax's default within float32
-rounding (tests/test_xla_flags.py); they are not bit-identical to runs made
-under the default. The flags only concern the CPU backend; on a GPU they
-change nothing.
+They depend on how many CPU cores the process may use (its affinity mask, or
+$ABLATE_XLA_CORES, which ablate's study workers set to their share):
+
+* several (the usual case): jaxlib 0.10 hands CPU convolutions (and some
+  reductions) to YNNPACK by default, and on the small-channel convolutions of
+  ablate's models that path parallelises poorly: XLA's own Eigen convolutions
+  are 1.2-1.3x faster per funmatch training step on a 2-core Xeon, and about
+  3x on one 3x3 convolution's forward and backward
+  (benchmarks/bench_xla_options.py, benchmarks/README.md). So ablate turns the
+  YNNPACK fusions off.
+* one (a worker of `ablate run --workers` with one core's share, or a process
+  pinned to one core with taskset):
+  single-threaded, YNNPACK is the faster path (a funmatch step 1.2x Eigen's on
+  one core, benchmarks/bench_workers.py), so ablate keeps jax's default and
+  only runs XLA's Eigen ops on the calling thread
+  (`--xla_cpu_multi_thread_eigen=false`): a worker process has no second
+  core to hand work to.
+
+Results agree with jax's default within float32 rounding
+(tests/test_xla_flags.py); they are not bit-identical to runs made under other
+flags or thread counts (each run records its XLA_FLAGS and cores in its
+metadata). The flags only concern the CPU backend; on a GPU they change
+nothing.
 
 A flag already in the user's XLA_FLAGS wins over ours, and
 ABLATE_XLA_DEFAULTS=0 leaves XLA_FLAGS untouched.
@@ -23,8 +37,25 @@ from typing import Mapping, MutableMapping
 
 # flag name -> value ablate uses ("" = the empty list: no YNNPACK fusion of any op kind)
 DEFAULTS: Mapping[str, str] = {"--xla_cpu_experimental_ynn_fusion_type": ""}
+ONE_CORE_DEFAULTS: Mapping[str, str] = {"--xla_cpu_multi_thread_eigen": "false"}
 OPT_OUT = "ABLATE_XLA_DEFAULTS"
+CORES = "ABLATE_XLA_CORES"  # the cores to pick defaults for, instead of the affinity mask's count
 in_effect: str | None = None  # XLA_FLAGS of this process's jax backend, as far as `apply` knows (run metadata)
+cores_in_effect: int | None = None  # the cores ablate's defaults were picked for (run metadata)
+given: str | None = None  # XLA_FLAGS as this process was started with it, before ablate's defaults (None: unset)
+
+
+def usable_cpus() -> list[int]:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS): every core
+        return list(range(os.cpu_count() or 1))
+
+
+def defaults_for(cores: int) -> Mapping[str, str]:
+    """ablate's flags for a process that may use `cores` CPU cores."""
+    return ONE_CORE_DEFAULTS if cores == 1 else DEFAULTS
 
 
 def with_defaults(xla_flags: str, defaults: Mapping[str, str] = DEFAULTS) -> str:
@@ -40,25 +71,50 @@ def _backend_started() -> bool:
     return bool(getattr(bridge, "_backends", None))
 
 
-def apply(environ: MutableMapping[str, str] = os.environ) -> str:
-    """Put ablate's defaults into `environ["XLA_FLAGS"]` (unless opted out); returns the flags in effect.
+def apply(environ: MutableMapping[str, str] = os.environ, cores: int | None = None) -> str:
+    """Put ablate's defaults for `cores` (default: $ABLATE_XLA_CORES, else the cores this process may use) into
+    `environ["XLA_FLAGS"]` (unless opted out); returns the flags in effect.
 
     Warns when jax's backend already started under other flags: the defaults then
     only apply to processes started from here on (e.g. ablate's study workers).
     """
-    global in_effect
-    current = environ.get("XLA_FLAGS", "")
+    global in_effect, given, cores_in_effect
+    given = environ.get("XLA_FLAGS")
+    current = given or ""
     in_effect = current
+    cores_in_effect = cores if cores is not None else cores_for(environ)
     if environ.get(OPT_OUT, "1").strip() == "0":
         return current
-    wanted = with_defaults(current)
+    defaults = defaults_for(cores_in_effect)
+    wanted = with_defaults(current, defaults)
     if wanted != current:
         environ["XLA_FLAGS"] = wanted
         if _backend_started():
             warnings.warn(f"jax's backend started before ablate was imported, so ablate's XLA defaults "
-                          f"({with_defaults('')}) are not in effect in this "
+                          f"({with_defaults('', defaults)}) are not in effect in this "
                           f"process; import ablate before running any jax code (or set {OPT_OUT}=0 to "
                           f"silence this). See ablate/xla_flags.py.", stacklevel=3)
             return current
     in_effect = wanted
     return wanted
+
+
+def cores_for(environ: Mapping[str, str] = os.environ) -> int:
+    """$ABLATE_XLA_CORES when it is a whole number >= 1 (a warning otherwise), else the cores this process may use."""
+    text = environ.get(CORES, "").strip()
+    if text:
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        warnings.warn(f"{CORES}={text!r} is not a whole number >= 1; ignored", stacklevel=3)
+    return len(usable_cpus())
+
+
+def as_given(environ: Mapping[str, str] = os.environ) -> dict:
+    """`environ` with XLA_FLAGS as this process was started with it: for a child whose ablate picks its own
+    defaults (e.g. a one-core worker)."""
+    env = dict(environ)
+    if given is None:
+        env.pop("XLA_FLAGS", None)
+    else:
+        env["XLA_FLAGS"] = given
+    return env

@@ -312,17 +312,18 @@ class ProcessContenders:
 
     `factory` is "module:function"; in the child, `function(**kwargs)` returns
     `(contenders, info)`: a dict name -> run(n) and a dict of facts to report.
-    `env` is set in the child before the factory is imported (e.g. XLA_FLAGS).
+    `env` is set in the child before the factory is imported (e.g. XLA_FLAGS), and the child
+    is pinned to the cores `cpus` (where the OS has affinity masks) before that, so XLA's threads are.
     The child sits blocked on a pipe between commands, so it uses no CPU while
     another contender is being timed. Use `.runners()` with `alternate`.
     """
 
-    def __init__(self, factory: str, env: dict | None = None, **kwargs):
+    def __init__(self, factory: str, env: dict | None = None, cpus: list[int] | None = None, **kwargs):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, factory, kwargs, env or {}), daemon=True)
+        self.proc = ctx.Process(target=_serve, args=(child, factory, kwargs, env or {}, cpus), daemon=True)
         self.proc.start()
         child.close()  # so that a dead child shows as EOFError here instead of a wait for ever
         status, payload = self._recv()
@@ -362,10 +363,12 @@ class ProcessContenders:
         self.proc.join(30)
 
 
-def _serve(conn, factory: str, kwargs: dict, env: dict) -> None:
+def _serve(conn, factory: str, kwargs: dict, env: dict, cpus: list[int] | None = None) -> None:
     import importlib
     import traceback
 
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, set(cpus))
     os.environ.update(env)
     try:
         module, fn = factory.split(":")

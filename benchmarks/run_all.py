@@ -25,6 +25,7 @@ SUITE = {
     "groupnorm": ("benchmarks.bench_groupnorm", []),
     "fixed": ("benchmarks.bench_fixed", []),
     "seeds": ("benchmarks.bench_seeds", []),
+    "workers": ("benchmarks.bench_workers", []),
     "input": ("benchmarks.bench_input", []),
     "study": ("benchmarks.bench_study", []),
     "xla_options": ("benchmarks.bench_xla_options", []),

@@ -22,7 +22,8 @@ def test_defaults_are_appended_and_a_users_flag_wins():
 
 
 def test_apply_sets_the_environment_unless_opted_out(monkeypatch):
-    monkeypatch.setattr(xla_flags, "in_effect", xla_flags.in_effect)  # restored afterwards
+    for name in ("in_effect", "given", "cores_in_effect"):  # restored afterwards
+        monkeypatch.setattr(xla_flags, name, getattr(xla_flags, name))
     env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
     with warnings.catch_warnings():  # (this process's jax may have started already: see the last test)
         warnings.simplefilter("ignore")
@@ -30,6 +31,24 @@ def test_apply_sets_the_environment_unless_opted_out(monkeypatch):
     assert env["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {YNN}="
     env = {"ABLATE_XLA_DEFAULTS": "0"}
     assert xla_flags.apply(env) == "" and "XLA_FLAGS" not in env
+
+
+def test_a_one_core_process_keeps_jaxs_ynnpack_path_single_threaded(monkeypatch):
+    for name in ("in_effect", "given", "cores_in_effect"):
+        monkeypatch.setattr(xla_flags, name, getattr(xla_flags, name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for cores, expected in ((1, "--xla_cpu_multi_thread_eigen=false"), (2, f"{YNN}="), (16, f"{YNN}=")):
+            env = {"XLA_FLAGS": "--a=1"}
+            xla_flags.apply(env, cores=cores)
+            assert env["XLA_FLAGS"] == f"--a=1 {expected}"
+            assert xla_flags.given == "--a=1"  # what a worker process starts from (xla_flags.as_given)
+        env = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}  # the user's own choice wins
+        assert xla_flags.apply(env, cores=1) == "--xla_cpu_multi_thread_eigen=true"
+        env = {"ABLATE_XLA_CORES": "1"}  # what ablate's one-core workers are started with
+        assert xla_flags.apply(env) == "--xla_cpu_multi_thread_eigen=false" and xla_flags.cores_in_effect == 1
+    with pytest.warns(UserWarning, match="ABLATE_XLA_CORES='two' is not a whole number >= 1; ignored"):
+        assert xla_flags.cores_for({"ABLATE_XLA_CORES": "two"}) == len(xla_flags.usable_cpus())
 
 
 # In a fresh interpreter: the step's HLO after compilation, and its results, for one 3x3 convolution
@@ -66,8 +85,10 @@ def _fresh_env(**env):
     return {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}, **env}
 
 
-def _probe(**env):
-    out = subprocess.run([sys.executable, "-c", PROBE], env=_fresh_env(**env, ABLATE_NO_COMPILATION_CACHE="1"),
+def _probe(pin: bool = False, **env):
+    """PROBE in a fresh interpreter (pinned to one core before it imports anything, with `pin`)."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n" if pin else "") + PROBE
+    out = subprocess.run([sys.executable, "-c", code], env=_fresh_env(**env, ABLATE_NO_COMPILATION_CACHE="1"),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout)
@@ -76,6 +97,18 @@ def _probe(**env):
 @pytest.fixture(scope="module")
 def probes():
     return _probe(), _probe(ABLATE_XLA_DEFAULTS="0")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity masks")
+def test_a_process_pinned_to_one_core_runs_ynnpack_single_threaded_with_equal_results(probes):
+    import numpy as np
+
+    one_core, (ours, _) = _probe(pin=True), probes
+    assert one_core["ynn"] and one_core["in_effect"] == "--xla_cpu_multi_thread_eigen=false"
+    for a, b in zip(one_core["conv"], ours["conv"]):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(one_core["loss"], ours["loss"], rtol=1e-5)
+    np.testing.assert_allclose(one_core["grad"], ours["grad"], rtol=1e-3, atol=1e-6)
 
 
 def test_defaults_take_effect_in_a_fresh_process(probes):

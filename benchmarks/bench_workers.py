@@ -1,0 +1,109 @@
+"""Benchmark 3b: a study's cells shared among one-core worker processes (`ablate run --workers N`) vs one process.
+
+* step: N single-threaded processes under ablate's one-core XLA flags (a
+  worker's set-up: `ablate.xla_flags.defaults_for(1)`, not pinned), each
+  running the funmatch step at once, vs one process on every core under
+  ablate's usual flags; N = the cores this process may use. Also the same N
+  processes pinned one per core. Figure: total throughput ratio
+  N x time(one) / time(N workers).
+* study (`--study NAME`, off by default: minutes per repetition): the wall
+  time of `ablate run NAME --preset P --workers 1` vs `--workers N`, each in a
+  fresh run store, alternated; the persistent compilation cache is warmed by
+  one untimed run of each first. Figure: wall(1) / wall(N).
+
+    .venv/bin/python -m benchmarks.bench_workers [--reps 5] [--block-s 2] [--study consistency --preset quick
+                                                 --study-reps 2]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+from benchmarks import common
+
+
+def step_part(args) -> dict:
+    from ablate import workers, xla_flags
+
+    cpus = workers.usable_cpus()
+    n = len(cpus)
+    if n < 2:
+        print("step part skipped: this process may use one core only")
+        return {}
+    one_core = {"XLA_FLAGS": xla_flags.with_defaults(xla_flags.given or "", xla_flags.defaults_for(1))}
+    slices = workers.cpu_slices(cpus, n)
+    procs, groups = [], {}
+    try:
+        print(f"starting one process on cores {cpus}, {n} one-core workers, and {n} pinned one per core")
+        procs.append(common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch, impls=("xla",)))
+        for name, pins in ((f"{n}_workers", [None] * n), (f"{n}_workers_pinned", slices)):
+            groups[name] = [common.ProcessContenders("benchmarks.bench_step:jax_worker", env=one_core, cpus=pin,
+                                                     batch=args.batch, impls=("xla",)) for pin in pins]
+            procs += groups[name]
+
+        def together(group):
+            def run(steps):
+                for p in group:
+                    p.start("jax", steps)
+                for p in group:
+                    p.wait("jax")
+            return run
+
+        contenders = {"one_process": lambda steps: procs[0].call("jax", steps),
+                      **{name: together(group) for name, group in groups.items()}}
+        times = common.alternate(contenders, reps=args.reps, block_s=args.block_s)
+    finally:
+        for p in procs:
+            p.close()
+    summary = {}
+    for name in groups:
+        summary[name] = common.ratio([n * t for t in times["one_process"]], times[name])
+        print(f"  {name}: total throughput / one process on {n} cores = {common.fmt(summary[name])}")
+    return {"workers": n, "times_s": times, "throughput_vs_one_process": summary}
+
+
+def study_part(args) -> dict:
+    from ablate import workers
+
+    n = len(workers.usable_cpus())
+
+    def wall(w: int) -> float:
+        with tempfile.TemporaryDirectory(prefix="bench-workers-") as store:
+            cmd = [sys.executable, "-m", "ablate", "run", args.study, "--store", store, "--wandb", "disabled",
+                   "--no-progress", "--workers", str(w), *(["--preset", args.preset] if args.preset else [])]
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            return time.perf_counter() - t0
+
+    print(f"warming the compilation cache: {args.study} once with --workers 1 and once with --workers {n}")
+    warm = {"1": wall(1), str(n): wall(n)}
+    times = {"1": [], str(n): []}
+    for rep in range(args.study_reps):
+        for w in ((1, n) if rep % 2 == 0 else (n, 1)):
+            times[str(w)].append(wall(w))
+        print(f"  rep {rep + 1}/{args.study_reps}: --workers 1 {times['1'][-1]:.0f} s, "
+              f"--workers {n} {times[str(n)][-1]:.0f} s")
+    r = common.ratio(times["1"], times[str(n)])
+    print(f"  {args.study} ({args.preset or 'default'}): wall with --workers 1 / --workers {n} = {common.fmt(r)}")
+    return {"study": args.study, "preset": args.preset, "workers": n, "warm_up_s": warm, "wall_s": times,
+            "speedup": r}
+
+
+def main(argv=None) -> dict:
+    ap = common.parser(__doc__, block_s=2.0, impls=None)
+    ap.add_argument("--study", default=None, help="also time this study end to end (e.g. consistency)")
+    ap.add_argument("--preset", default="quick", help="the study's preset (default quick)")
+    ap.add_argument("--study-reps", type=int, default=2, help="timed repetitions of the study part (default 2)")
+    args = ap.parse_args(argv)
+    result = {"config": vars(args), "step": step_part(args)}
+    if args.study:
+        result["study"] = study_part(args)
+    common.save("workers", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
