@@ -140,8 +140,10 @@ _BOOT = """\
 import os, runpy, sys
 if {cpus!r} and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {cpus!r})
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the parent's SIGINT is ignored (nohup, &)
 try:  # SIGINT when the parent dies (Linux: prctl PR_SET_PDEATHSIG)
-    import ctypes, signal
+    import ctypes
     ctypes.CDLL(None).prctl(1, signal.SIGINT)
 except Exception:
     pass

@@ -126,7 +126,10 @@ def test_interrupting_the_workers_stops_them_and_the_rerun_finishes_the_grid(tmp
     store = tmp_path / "store"
     argv = [str(ABLATE), "run", study, "--store", str(store), "--wandb", "disabled", "--no-progress",
             "--cohort-size", "1", "--workers", "2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT handled as at a terminal, whatever this test process's disposition (a library may ignore it here)
+    as_at_a_terminal = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                        "os.execv(sys.argv[1], sys.argv[1:])"]
+    proc = subprocess.Popen([*as_at_a_terminal, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not all((store / r / "history.json").exists() for r in ids):  # both workers are training
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
