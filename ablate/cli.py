@@ -241,8 +241,8 @@ def cmd_run(args) -> int:
     pending = [c for c in grid if not runner.store.is_done(c.run_id)]
     runner.preflight(pending)  # bad input fails before any run
     group, desc = study.name, f"{study.name} ({args.preset or 'default'})"
-    n = min(args.workers, len(cohorts(pending, runner.cohort_key, args.cohort_size)))  # no idle workers
-    if n > 1:
+    n = 1 if args.workers == 1 else min(args.workers, len(cohorts(pending, runner.cohort_key, args.cohort_size)))
+    if n > 1:  # (never more workers than cohorts to train)
         outcome = _run_workers(args, n, runner, grid, pending, desc)
     else:
         outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,

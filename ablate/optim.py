@@ -45,6 +45,10 @@ def paper_optimizer(lr: float, wd: float, total_steps: int, warmup_steps: int, c
     )
 
 
+LION_B2 = 0.99
+"""Lion's momentum decay, as in its paper (Chen et al. 2023) and optax's default; Adam's b2 = 0.999 is another quantity."""
+
+
 def direction(name: str, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
     """The update direction before lr and decay: adam (the paper's) or an alternative from optax.
 
@@ -59,8 +63,5 @@ def direction(name: str, b1: float, b2: float, eps: float) -> optax.GradientTran
         return optax.scale_by_lion(b1=b1, b2=LION_B2)
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
-
-LION_B2 = 0.99
-"""Lion's momentum decay, as in its paper (Chen et al. 2023) and optax's default; Adam's b2 = 0.999 is another quantity."""
 
 OPTIMIZERS = ("adam", "lion", "sgdm")

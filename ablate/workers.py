@@ -19,6 +19,7 @@ trained by a process on several cores; each run's `meta/cpus` and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -32,13 +33,14 @@ from typing import Callable, Sequence
 
 from ablate import xla_flags
 from ablate.config import ConfigError
+from ablate.store import StoreError
 from ablate.study import Cell, Outcome
 from ablate.xla_flags import usable_cpus
 
 
-def check_count(workers: int, cpus: Sequence[int] | None = None) -> None:
+def check_count(workers: int) -> None:
     """`--workers` must not exceed the cores: two workers on one core only slow each other down."""
-    cpus = usable_cpus() if cpus is None else cpus
+    cpus = usable_cpus()
     if workers > len(cpus):
         raise ConfigError(f"--workers {workers}: this process may use {len(cpus)} CPU core(s) "
                           f"({', '.join(map(str, cpus))}), and each worker needs one of its own; "
@@ -78,7 +80,7 @@ def run_workers(n: int, command: Sequence[str], cells_: Sequence[Cell], store, p
     """
     from tqdm.auto import tqdm
 
-    before = {c.run_id: _attempts(store, c.run_id) for c in cells_}
+    before = {c.run_id: _status(store, c.run_id) for c in cells_}
     total = Outcome(skipped=sum(store.is_done(c.run_id) for c in cells_))
     bar = tqdm(total=len(cells_), initial=total.skipped, desc=f"{desc}, {n} workers", unit="run",
                disable=not progress, dynamic_ncols=True)
@@ -122,17 +124,21 @@ def run_workers(n: int, command: Sequence[str], cells_: Sequence[Cell], store, p
     return total
 
 
-def _attempts(store, run_id: str) -> int:
-    status = store.status(run_id) if store.state(run_id) not in (None, "damaged") else None
-    return int((status or {}).get("attempts", 0))
+def _status(store, run_id: str) -> tuple[str | None, int]:
+    """A cell's state and attempts so far, from one read of its status file (damaged or missing: none)."""
+    try:
+        status = store.status(run_id) or {}
+    except StoreError:
+        status = {}
+    return status.get("state"), int(status.get("attempts", 0))
 
 
 def _finished(store, cells_: Sequence[Cell], before: dict) -> int:
     """Cells done, or failed in an attempt made since `before`: what the bar counts."""
     n = 0
     for c in cells_:
-        state = store.state(c.run_id)
-        n += state == "done" or (state == "failed" and _attempts(store, c.run_id) > before[c.run_id])
+        state, attempts = _status(store, c.run_id)
+        n += state == "done" or (state == "failed" and attempts > before[c.run_id][1])
     return n
 
 
@@ -212,6 +218,4 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 90.0, every_s: float =
 
 def write_outcome(path: str, outcome: Outcome) -> None:
     """What a worker tells the process that started it (see `run_workers`)."""
-    pathlib.Path(path).write_text(json.dumps({"ran": outcome.ran, "failed": outcome.failed, "busy": outcome.busy,
-                                              "skipped": outcome.skipped}))
-
+    pathlib.Path(path).write_text(json.dumps(dataclasses.asdict(outcome)))

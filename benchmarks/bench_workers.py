@@ -28,7 +28,7 @@ from benchmarks import common
 def step_part(args) -> dict:
     from ablate import workers, xla_flags
 
-    cpus = workers.usable_cpus()
+    cpus = xla_flags.usable_cpus()
     n = len(cpus)
     if n < 2:
         print("step part skipped: this process may use one core only")
@@ -66,9 +66,9 @@ def step_part(args) -> dict:
 
 
 def study_part(args) -> dict:
-    from ablate import workers
+    from ablate import xla_flags
 
-    n = len(workers.usable_cpus())
+    n = len(xla_flags.usable_cpus())
 
     def wall(w: int) -> float:
         with tempfile.TemporaryDirectory(prefix="bench-workers-") as store:
