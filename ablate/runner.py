@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 
-from ablate import parallel, xla_flags
+from ablate import lanes, parallel, xla_flags
 from ablate.config import ConfigError, RunConfig
 from ablate.data import load_dataset
 from ablate.models import build_model
@@ -134,7 +134,7 @@ class Runner:
         inits = [self.init_params(c.config, data) for c in cells_]
         backend = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
                    "processes": jax.process_count(), "cpus": xla_flags.cores_in_effect,
-                   "xla_flags": xla_flags.in_effect}
+                   "lanes": lanes.count(cfg.batch_size), "xla_flags": xla_flags.in_effect}
         started, sinks = [], []
         try:
             members = []

@@ -14,6 +14,7 @@ import numpy as np
 from ablate import parallel, paths, views
 from ablate.config import RunConfig, content_hash
 from ablate.data import DatasetSplits, load_dataset
+from ablate.lanes import map_rows
 from ablate.models import build_model
 from ablate.registry import Registry, UnknownNameError
 from ablate.train import Frozen, load_params, predict, save_params, stack_images, student_source, train
@@ -263,14 +264,16 @@ def _write_json(path: pathlib.Path, obj) -> None:
 
 def ensemble_logits(teacher: Teacher, source, k: int, min_area: float, seed: int = 0) -> np.ndarray:
     """log of the teacher's mean softmax over k inception crops per example (fix/ic_ens)."""
-    fn = _ens_fn(teacher.model, teacher.resolution, min_area)
+    fn = _ens_fn(teacher.model, teacher.resolution)
     out = []
     for start in range(0, len(source), 500):
         chunk = stack_images(source, start, min(start + 500, len(source)))
         probs = 0.0
         for j in range(k):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), start), j)
-            probs = probs + np.asarray(fn(teacher.params, chunk, key), np.float64)
+            crops = _draw_inception(key, len(chunk), min_area)  # for the whole chunk: the same crops in any lanes
+            probs = probs + map_rows(fn, chunk, np.asarray(crops.boxes), np.asarray(crops.flips),
+                                     const=(teacher.params,)).astype(np.float64)
         # a float32 softmax can underflow to 0 for a very confident teacher: log(0) = -inf would make kl NaN
         out.append(np.log(np.maximum(probs / k, np.finfo(np.float32).tiny)).astype(np.float32))
     return np.concatenate(out)
@@ -279,15 +282,18 @@ def ensemble_logits(teacher: Teacher, source, k: int, min_area: float, seed: int
 _ENS_CACHE: dict = {}
 
 
-def _ens_fn(model, resolution, min_area):
-    key = (model, resolution, min_area)
+def _ens_fn(model, resolution):
+    key = (model, resolution)
     if key not in _ENS_CACHE:
         @jax.jit
-        def fn(params, images, rng):
-            crops = views.inception_crop(rng, images.shape[0], min_area)
-            return jax.nn.softmax(model.apply({"params": params}, views.render(images, crops, resolution)))
+        def fn(params, images, boxes, flips):
+            return jax.nn.softmax(model.apply({"params": params},
+                                              views.render(images, views.Crops(boxes, flips), resolution)))
         _ENS_CACHE[key] = fn
     return _ENS_CACHE[key]
+
+
+_draw_inception = jax.jit(views.inception_crop, static_argnums=(1, 2))
 
 
 def targets_key(teacher: Teacher, source_id: dict, view: str, **view_args) -> str:

@@ -8,6 +8,8 @@ and reports each evaluation through a callback.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple
@@ -21,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
+from ablate import lanes as lanes_lib
 from ablate import optim, parallel, views
 from ablate.config import ConfigError, RunConfig, content_hash
 from ablate.data import ArraySource, DatasetSplits, balanced_subset
@@ -175,6 +178,49 @@ def cohort_key(cfg: RunConfig) -> str | None:
     return shared_inputs(cfg) if POLICIES.get(cfg.policy).runs_teacher else None
 
 
+def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
+                  optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
+    """A cohort's step in three pure parts: `inputs` (views, mixup, fixed targets) of a whole batch; `grads`,
+    each member's loss and gradient on some of its rows (after the teacher's forward on them), the loss a
+    batch mean times `scale`; `update`, each member's update from the sum of its rows' gradients."""
+    if len({shared_inputs(c) for c in cfgs}) != 1:
+        raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
+    policy = POLICIES.get(cfgs[0].policy)
+    members = [(student, LossSpec.parse(c.loss), dict(temperature=c.temperature, label_smoothing=c.label_smoothing),
+                optimizer) for c, student, optimizer in zip(cfgs, students, optimizers, strict=True)]
+
+    def inputs(targets, batch, key):
+        labels = jax.nn.one_hot(batch["label"], num_classes)
+        xs, xt, labels, _ = make_inputs(policy, cfgs[0], batch["image"], labels, key, s_res, t_res)
+        zt = targets[batch["index"]] if policy.fixed_view is not None else None
+        return xs, xt, labels, zt
+
+    def grads(params, teacher_params, xs, xt, labels, zt, scale: float = 1.0):
+        if policy.runs_teacher:
+            zt = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, xt))
+        elif zt is None:
+            zt = jnp.zeros_like(labels)  # label-only losses never read it
+        out = []
+        for p, (student, spec, hp, _) in zip(params, members):
+            def loss_fn(p, student=student, spec=spec, hp=hp):
+                loss = jnp.mean(spec(student.apply({"params": p}, xs), zt, labels, **hp))
+                return loss if scale == 1.0 else loss * scale
+            out.append(jax.value_and_grad(loss_fn)(p))
+        return tuple(out)
+
+    def update(states, parts):  # parts: per lane (rows), per member, (loss, grads)
+        new_states, losses = [], []
+        for j, (state, (_, _, _, optimizer)) in enumerate(zip(states, members)):
+            loss = functools.reduce(operator.add, [lane[j][0] for lane in parts])
+            g = jax.tree.map(lambda *a: functools.reduce(operator.add, a), *[lane[j][1] for lane in parts])
+            updates, opt_state = optimizer.update(g, state.opt_state, state.params)
+            new_states.append(TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1))
+            losses.append(loss)
+        return tuple(new_states), jnp.stack(losses)
+
+    return inputs, grads, update
+
+
 def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
                      optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
     """The pure step of a cohort, `(states, teacher_params, targets, batch, key) -> (states, losses)`.
@@ -185,43 +231,58 @@ def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: 
     different models, and on CPU a vmapped convolution becomes a slow grouped
     one (benchmarks/bench_seeds.py).
     """
-    if len({shared_inputs(c) for c in cfgs}) != 1:
-        raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
-    policy = POLICIES.get(cfgs[0].policy)
-    members = [(student, LossSpec.parse(c.loss), dict(temperature=c.temperature, label_smoothing=c.label_smoothing),
-                optimizer) for c, student, optimizer in zip(cfgs, students, optimizers, strict=True)]
+    inputs, grads, update = _cohort_parts(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
 
     def step(states, teacher_params, targets, batch, key):
-        labels = jax.nn.one_hot(batch["label"], num_classes)
-        xs, xt, labels, _ = make_inputs(policy, cfgs[0], batch["image"], labels, key, s_res, t_res)
-        if policy.runs_teacher:
-            zt = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, xt))
-        elif policy.fixed_view is not None:
-            zt = targets[batch["index"]]
-        else:
-            zt = jnp.zeros_like(labels)  # label-only losses never read it
-        new_states, losses = [], []
-        for state, (student, spec, hp, optimizer) in zip(states, members):
-            def loss_fn(params, student=student, spec=spec, hp=hp):
-                zs = student.apply({"params": params}, xs)
-                return jnp.mean(spec(zs, zt, labels, **hp))
-
-            loss, grads = jax.value_and_grad(loss_fn)(state.params)
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            new_states.append(TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1))
-            losses.append(loss)
-        return tuple(new_states), jnp.stack(losses)
+        xs, xt, labels, zt = inputs(targets, batch, key)
+        return update(states, [grads(tuple(s.params for s in states), teacher_params, xs, xt, labels, zt)])
 
     return step
+
+
+def make_lane_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
+                   optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int,
+                   lanes: int):
+    """`make_cohort_step`'s step, compiled, with each batch's rows split over `lanes` threads (ablate/lanes.py).
+
+    Three programs: the inputs of the whole batch (views and mixup need all of
+    it), each lane's teacher forward, loss and gradient on its rows (one program,
+    run by every lane at once), and the update from the lanes' summed gradients,
+    which takes over (donates) the states.
+    """
+    inputs, grads, update = _cohort_parts(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
+    split = jax.jit(lambda *a: tuple(None if x is None else tuple(jnp.split(x, lanes)) for x in inputs(*a)))
+    lane_grads = jax.jit(functools.partial(grads, scale=1.0 / lanes))
+    apply = jax.jit(update, donate_argnums=(0,))
+
+    def step(states, teacher_params, targets, batch, key):
+        xs, xt, labels, zt = split(targets, batch, key)
+        params = tuple(s.params for s in states)
+        rows = [(xs[k], None if xt is None else xt[k], labels[k], None if zt is None else zt[k]) for k in range(lanes)]
+        parts = lanes_lib.run(lane_grads, [(params, teacher_params, *r) for r in rows])
+        return apply(states, parts)
+
+    return step
+
+
+def compile_cohort_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res: int, lanes: int):
+    """The cohort's step ready to call: in lanes where `lanes` > 1, else one jitted program donating the states."""
+    if lanes > 1:
+        return make_lane_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res, lanes)
+    return jax.jit(make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res),
+                   donate_argnums=(0,))
 
 
 def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
                     optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res: int):
     """The pure training step of one run, `(state, teacher_params, targets, batch, key) -> (state, loss)`."""
-    cohort = make_cohort_step([cfg], [student], teacher, [optimizer], num_classes, s_res, t_res)
+    return one_run(make_cohort_step([cfg], [student], teacher, [optimizer], num_classes, s_res, t_res))
 
+
+def one_run(cohort_step):
+    """A one-member cohort's step with one run's signature, `(state, ...) -> (state, loss)`."""
     def step(state: TrainState, teacher_params, targets, batch, key):
-        (state,), losses = cohort((state,), teacher_params, targets, batch, key)
+        (state,), losses = cohort_step((state,), teacher_params, targets, batch, key)
         return state, losses[0]
 
     return step
@@ -234,13 +295,16 @@ def predict(model: nn.Module, params, source, view: str, resolution: int) -> np.
 
     Each chunk of records is split over every device of every host (padded to
     a multiple of their number): each host loads only its rows, and the logits
-    are gathered back on every host.
+    are gathered back on every host. On one CPU device it is split over lanes.
     """
     fn = _predict_fn(model, view, resolution)
     dp = parallel.DataParallel()
     out = []
     for start in range(0, len(source), EVAL_CHUNK):
         n = min(EVAL_CHUNK, len(source) - start)
+        if dp.size == 1:  # one device: the chunk's rows split over lanes where there are several (ablate/lanes.py)
+            out.append(lanes_lib.map_rows(fn, stack_images(source, start, start + n), const=(params,)))
+            continue
         rows = dp.local_rows(n + -n % dp.size)
         images = stack_images(source, start + min(rows.start, n), start + min(rows.stop, n))
         images = np.pad(images, [(0, rows.stop - rows.start - len(images))] + [(0, 0)] * (images.ndim - 1))
@@ -371,8 +435,8 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dp.size} devices")
     ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
     states = dp.replicate(tuple(TrainState(p, jax.jit(o.init)(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
-    step_fn = jax.jit(make_cohort_step(cfgs, students, teacher.model if teacher else None, optimizers,
-                                       data.num_classes, s_res, t_res), donate_argnums=(0,))
+    step_fn = compile_cohort_step(cfgs, students, teacher.model if teacher else None, optimizers, data.num_classes,
+                                  s_res, t_res, lanes_lib.count(cfg.batch_size))
     t_params = dp.replicate(teacher.params) if (teacher is not None and policy.runs_teacher) else None
     targets = None if targets is None else dp.replicate(jnp.asarray(targets))
     if policy.fixed_view is not None and targets is None:

@@ -179,8 +179,11 @@ def worker_command(cpus: Sequence[int], argv: Sequence[str]) -> list[str]:
 
 def worker_env(cores: int, environ: dict | None = None) -> dict:
     """A worker's environment: XLA_FLAGS as the user gave it, and its share of cores, from which its ablate picks
-    its own XLA defaults (ablate.xla_flags: one core, single-threaded on jax's YNNPACK path)."""
-    return {**xla_flags.as_given(os.environ if environ is None else environ), xla_flags.CORES: str(cores)}
+    its own XLA defaults (ablate.xla_flags: one core, single-threaded on jax's YNNPACK path, in no lanes)."""
+    env = {**xla_flags.as_given(os.environ if environ is None else environ), xla_flags.CORES: str(cores)}
+    if cores == 1:
+        env[xla_flags.LANES] = "1"
+    return env
 
 
 def _forward(stream, prefix: str, say: Callable[[str], None]) -> None:

@@ -1,31 +1,37 @@
 """XLA options ablate sets before jax starts its backend, and why.
 
 They depend on how many CPU cores the process may use (its affinity mask, or
-$ABLATE_XLA_CORES, which ablate's study workers set to their share):
+$ABLATE_XLA_CORES, which ablate's study workers set to their share), and on
+whether it trains in *lanes* (ablate/lanes.py: each batch's rows split over
+one thread per core):
 
-* several (the usual case): jaxlib 0.10 hands CPU convolutions (and some
-  reductions) to YNNPACK by default, and on the small-channel convolutions of
-  ablate's models that path parallelises poorly: XLA's own Eigen convolutions
-  are 1.2-1.3x faster per funmatch training step on a 2-core Xeon, and about
-  3x on one 3x3 convolution's forward and backward
-  (benchmarks/bench_xla_options.py, benchmarks/README.md). So ablate turns the
-  YNNPACK fusions off.
-* one (a worker of `ablate run --workers` with one core's share, or a process
-  pinned to one core with taskset):
-  single-threaded, YNNPACK is the faster path (a funmatch step 1.2x Eigen's on
-  one core, benchmarks/bench_workers.py), so ablate keeps jax's default and
-  only runs XLA's Eigen ops on the calling thread
-  (`--xla_cpu_multi_thread_eigen=false`): a worker process has no second
-  core to hand work to.
+* one core (a worker of `ablate run --workers` with one core's share, or a
+  process pinned to one core with taskset), or a few in lanes (2 to
+  MAX_DEFAULT_LANES cores, the default there): each core runs its own work
+  single-threaded (`--xla_cpu_multi_thread_eigen=false`), and single-threaded,
+  jax's default YNNPACK path is the faster one (a funmatch step 1.2x XLA's
+  Eigen convolutions on one core, benchmarks/bench_workers.py), so ablate
+  keeps it. Two lanes on two cores: a funmatch step 1.09x the one-program
+  step on XLA's threads below (benchmarks/bench_step.py, `jax_no_lanes`).
+* several cores without lanes (more than MAX_DEFAULT_LANES, where lanes are
+  not measured, or ABLATE_LANES=1): jaxlib 0.10 hands CPU convolutions (and
+  some reductions) to YNNPACK by default, and on the small-channel
+  convolutions of ablate's models that path parallelises poorly: XLA's own
+  Eigen convolutions are 1.2-1.3x faster per funmatch training step on a
+  2-core Xeon, and about 3x on one 3x3 convolution's forward and backward
+  (benchmarks/bench_xla_options.py, benchmarks/README.md). So ablate turns
+  the YNNPACK fusions off.
 
 Results agree with jax's default within float32 rounding
 (tests/test_xla_flags.py); they are not bit-identical to runs made under other
-flags or thread counts (each run records its XLA_FLAGS and cores in its
-metadata). The flags only concern the CPU backend; on a GPU they change
-nothing.
+flags, thread counts or lanes (each run records its XLA_FLAGS, cores and
+lanes in its metadata). The flags only concern the CPU backend; on a GPU they
+change nothing.
 
 A flag already in the user's XLA_FLAGS wins over ours, and
-ABLATE_XLA_DEFAULTS=0 leaves XLA_FLAGS untouched.
+ABLATE_XLA_DEFAULTS=0 leaves XLA_FLAGS untouched (and so trains without lanes,
+unless those flags make XLA single-threaded). $ABLATE_LANES sets the number
+of lanes (1: none, XLA's own threads).
 """
 
 from __future__ import annotations
@@ -38,10 +44,14 @@ from typing import Mapping, MutableMapping
 # flag name -> value ablate uses ("" = the empty list: no YNNPACK fusion of any op kind)
 DEFAULTS: Mapping[str, str] = {"--xla_cpu_experimental_ynn_fusion_type": ""}
 ONE_CORE_DEFAULTS: Mapping[str, str] = {"--xla_cpu_multi_thread_eigen": "false"}
+LANE_DEFAULTS: Mapping[str, str] = ONE_CORE_DEFAULTS  # in lanes each thread is like a one-core process
+MAX_DEFAULT_LANES = 4  # lanes were measured on 2 cores only; above 4 the default stays XLA's own threads
 OPT_OUT = "ABLATE_XLA_DEFAULTS"
 CORES = "ABLATE_XLA_CORES"  # the cores to pick defaults for, instead of the affinity mask's count
+LANES = "ABLATE_LANES"  # how many lanes (threads, each with a slice of the batch) a step runs in
 in_effect: str | None = None  # XLA_FLAGS of this process's jax backend, as far as `apply` knows (run metadata)
 cores_in_effect: int | None = None  # the cores ablate's defaults were picked for (run metadata)
+lanes_in_effect: int = 1  # lanes this process may train in: > 1 only where XLA runs single-threaded (ablate/lanes.py)
 given: str | None = None  # XLA_FLAGS as this process was started with it, before ablate's defaults (None: unset)
 
 
@@ -53,9 +63,22 @@ def usable_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def defaults_for(cores: int) -> Mapping[str, str]:
-    """ablate's flags for a process that may use `cores` CPU cores."""
-    return ONE_CORE_DEFAULTS if cores == 1 else DEFAULTS
+def defaults_for(cores: int, lanes: int = 1) -> Mapping[str, str]:
+    """ablate's flags for a process that may use `cores` CPU cores and train in `lanes` lanes."""
+    if cores == 1:
+        return ONE_CORE_DEFAULTS
+    return LANE_DEFAULTS if lanes > 1 else DEFAULTS
+
+
+def lanes_for(cores: int, environ: Mapping[str, str] = os.environ) -> int:
+    """$ABLATE_LANES when it is a whole number >= 1 (a warning otherwise), else one lane per core for
+    2..MAX_DEFAULT_LANES cores and none (1) otherwise."""
+    text = environ.get(LANES, "").strip()
+    if text:
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        warnings.warn(f"{LANES}={text!r} is not a whole number >= 1; ignored", stacklevel=3)
+    return cores if 2 <= cores <= MAX_DEFAULT_LANES else 1
 
 
 def with_defaults(xla_flags: str, defaults: Mapping[str, str] = DEFAULTS) -> str:
@@ -78,25 +101,30 @@ def apply(environ: MutableMapping[str, str] = os.environ, cores: int | None = No
     Warns when jax's backend already started under other flags: the defaults then
     only apply to processes started from here on (e.g. ablate's study workers).
     """
-    global in_effect, given, cores_in_effect
+    global in_effect, given, cores_in_effect, lanes_in_effect
     given = environ.get("XLA_FLAGS")
     current = given or ""
     in_effect = current
     cores_in_effect = cores if cores is not None else cores_for(environ)
-    if environ.get(OPT_OUT, "1").strip() == "0":
-        return current
-    defaults = defaults_for(cores_in_effect)
-    wanted = with_defaults(current, defaults)
-    if wanted != current:
-        environ["XLA_FLAGS"] = wanted
-        if _backend_started():
-            warnings.warn(f"jax's backend started before ablate was imported, so ablate's XLA defaults "
-                          f"({with_defaults('', defaults)}) are not in effect in this "
-                          f"process; import ablate before running any jax code (or set {OPT_OUT}=0 to "
-                          f"silence this). See ablate/xla_flags.py.", stacklevel=3)
-            return current
-    in_effect = wanted
-    return wanted
+    lanes = lanes_for(cores_in_effect, environ)
+    if "--xla_cpu_multi_thread_eigen=true" in current.split():  # the user wants XLA's threads: lanes would not pay
+        lanes = 1
+    lanes_in_effect = 1
+    if environ.get(OPT_OUT, "1").strip() != "0":
+        defaults = defaults_for(cores_in_effect, lanes)
+        wanted = with_defaults(current, defaults)
+        if wanted != current:
+            environ["XLA_FLAGS"] = wanted
+            if _backend_started():
+                warnings.warn(f"jax's backend started before ablate was imported, so ablate's XLA defaults "
+                              f"({with_defaults('', defaults)}) are not in effect in this "
+                              f"process; import ablate before running any jax code (or set {OPT_OUT}=0 to "
+                              f"silence this). See ablate/xla_flags.py.", stacklevel=3)
+                return current
+        in_effect = wanted
+    if "--xla_cpu_multi_thread_eigen=false" in in_effect.split():  # lanes only pay with one XLA thread each
+        lanes_in_effect = lanes
+    return in_effect
 
 
 def cores_for(environ: Mapping[str, str] = os.environ) -> int:

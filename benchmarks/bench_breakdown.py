@@ -10,14 +10,20 @@ Parts (batch 128, resnet_t -> resnet_s, the same inputs as the whole step):
 
 Each is timed for StdConv impl "matmul" and "xla", and a `step` with the
 teacher on one impl and the student on the other is timed too (`--mixed`).
+Everything runs as one program per part on XLA's threads (ABLATE_LANES=1
+unless set: in lanes XLA is single-threaded, ablate/lanes.py, and the parts
+would not add up to a step).
 
     .venv/bin/python -m benchmarks.bench_breakdown [--reps 5] [--block-s 1] [--impls xla,matmul] [--mixed]
 """
 
 from __future__ import annotations
 
+import os
 
-from benchmarks import common
+os.environ.setdefault("ABLATE_LANES", "1")  # before ablate is imported (by benchmarks.common): see above
+
+from benchmarks import common  # noqa: E402
 
 
 class _Impl:

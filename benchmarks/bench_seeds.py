@@ -17,6 +17,10 @@
 * two processes: two Python processes each running the step loop at the same
   time vs one alone; figure: total throughput ratio 2 x time(alone) / time(both).
 
+The plain and cohort steps run as ablate runs them (in lanes on 2-4 cores,
+ablate/lanes.py); the vmapped step is one program, single-threaded in such a
+process: run with ABLATE_LANES=1 to compare vmap on XLA's threads.
+
     .venv/bin/python -m benchmarks.bench_seeds [--reps 5] [--block-s 1.5] [--seeds 2,4] [--impls xla,matmul]
                                                [--cohorts 2,4,8] [--policies funmatch,fix/rs] [--no-vmap]
                                                [--no-processes]

@@ -5,7 +5,11 @@ OpenMP threads and XLA's thread pool never share a process; an idle contender wa
 
 * `jax`: ablate's own jitted step (views render + teacher forward + student
   forward/backward + clipped Adam with decoupled weight decay), as ablate runs it: StdConv impl
-  "xla" (lax.conv_general_dilated) and ablate's per-channel-sum GroupNorm;
+  "xla" (lax.conv_general_dilated) and ablate's per-channel-sum GroupNorm, in lanes where the
+  process has them (on 2-4 cores: each batch's rows split over one thread per core, XLA
+  single-threaded; ablate/lanes.py);
+* `jax_no_lanes` (where `jax` runs in lanes): the same step as one program on XLA's own threads
+  (ABLATE_LANES=1), ablate's default before 2026-11-27 afternoon;
 * `jax_matmul`: the same with StdConv impl "matmul" (convolutions as patches + one matmul);
 * `jax_flaxgn`: the same with flax's `nn.GroupNorm` (two-pass variance) instead of ablate's (same
   parameters, same results to float32 rounding; ablate's default before 2026-11-26 afternoon, with
@@ -17,7 +21,8 @@ OpenMP threads and XLA's thread pool never share a process; an idle contender wa
 * `..._passive` (with --omp-passive): the 2-thread PyTorch contenders with OMP_WAIT_POLICY=PASSIVE
   (OpenMP threads sleep at once at a barrier instead of spinning: kinder to a shared machine);
 * `jax/NAME`, `jax_matmul/NAME` (with --xla-flags NAME=FLAGS): the JAX step under other XLA_FLAGS;
-* `jnp_dot`, `np_matmul`, `torch_mm`: a 2048x2048 float32 matmul each, the machine's practical peak.
+* `jnp_dot` (in a process on XLA's threads, without lanes), `np_matmul`, `torch_mm`: a 2048x2048 float32
+  matmul each, the machine's practical peak.
 
 With `--device gpu` (one CUDA GPU; jax and torch both with CUDA) every contender runs on the GPU: the JAX
 worker checks that jax's default backend is the GPU, `TorchStep(device="cuda")` holds the models, batches,
@@ -170,7 +175,12 @@ def jax_worker(batch: int, impls=("xla",), device: str = "cpu"):
         js.run(1)
         info[f"first_step_s/{variant}"] = time.perf_counter() - t0
         out[jax_name(variant)] = js.run
-    out.update(_matmuls(("jnp",) if device == "gpu" else ("jnp", "np"), device))
+    from ablate import xla_flags
+
+    info["lanes"] = xla_flags.lanes_in_effect
+    # jnp's matmul only where XLA has every core: in lanes it runs single-threaded (the no-lanes process times it)
+    kinds = ("jnp",) if device == "gpu" else ("jnp", "np") if xla_flags.lanes_in_effect == 1 else ("np",)
+    out.update(_matmuls(kinds, device))
     return out, info
 
 
@@ -333,7 +343,7 @@ def main(argv=None) -> dict:
     print(f"ablate's funmatch step, batch {args.batch}{where}: cost analysis and equivalence (in this process)")
     js = common.make_jax_step("funmatch", args.batch)
     t0 = time.perf_counter()
-    cost = common.cost_flops(js.step, *js.args())
+    cost = common.cost_flops(jax.jit(js.fn), *js.args())  # the one-program step: the FLOPs of every lane together
     result["jax_compile_s"] = time.perf_counter() - t0
     mf = model_flops(args.batch)
     cost["model_flops"] = mf["resnet_t"] + 3 * mf["resnet_s"]
@@ -361,6 +371,13 @@ def main(argv=None) -> dict:
         workers.append(w)
         contenders.update(w.runners())
         result["jax_worker"] = w.info
+        if w.info.get("lanes", 1) > 1:  # ablate's step in lanes; also the one-program step on XLA's threads
+            w = common.ProcessContenders("benchmarks.bench_step:jax_worker", env={"ABLATE_LANES": "1"},
+                                         batch=args.batch, impls=("xla",), device=args.device)
+            workers.append(w)
+            result["jax_worker/no_lanes"] = w.info
+            contenders.update({"jax_no_lanes" if k == "jax" else k: run for k, run in w.runners().items()
+                               if k != "np_matmul"})
         for spec in args.xla_flags:
             name, _, flags = spec.partition("=")
             w = common.ProcessContenders("benchmarks.bench_step:jax_worker", env={"XLA_FLAGS": flags},
@@ -416,7 +433,7 @@ def main(argv=None) -> dict:
     best_peak = [max(vals) for vals in zip(*peak.values())]
     steps = [k for k in times if k.startswith(("jax", "torch_eager", "torch_compile"))]
     flops = cost["compiled_flops"]
-    jax_names = [k for k in ("jax", "jax_matmul", "jax_flaxgn") if k in times]
+    jax_names = [k for k in ("jax", "jax_no_lanes", "jax_matmul", "jax_flaxgn") if k in times]
     summary = {"images_per_s": {k: common.spread([args.batch / t for t in times[k]]) for k in steps},
                "peak_gflops": {k: common.spread(v) for k, v in peak.items()},
                # achieved rates use the FLOPs of the default program's cost analysis for every JAX variant

@@ -3,8 +3,9 @@
 * step: N single-threaded processes under ablate's one-core XLA flags (a
   worker's set-up: `ablate.xla_flags.defaults_for(1)`, not pinned), each
   running the funmatch step at once, vs one process on every core under
-  ablate's usual flags; N = the cores this process may use. Also the same N
-  processes pinned one per core. Figure: total throughput ratio
+  ablate's defaults (in lanes on 2-4 cores, ablate/lanes.py); N = the cores
+  this process may use. Also the same N processes pinned one per core, and
+  one process without lanes (ABLATE_LANES=1). Figure: total throughput ratio
   N x time(one) / time(N workers).
 * study (`--study NAME`, off by default: minutes per repetition): the wall
   time of `ablate run NAME --preset P --workers 1` vs `--workers N`, each in a
@@ -33,12 +34,15 @@ def step_part(args) -> dict:
     if n < 2:
         print("step part skipped: this process may use one core only")
         return {}
-    one_core = {"XLA_FLAGS": xla_flags.with_defaults(xla_flags.given or "", xla_flags.defaults_for(1))}
+    one_core = workers.worker_env(1, {})  # as `ablate run --workers` starts them: ablate picks one-core flags
     slices = workers.cpu_slices(cpus, n)
     procs, groups = [], {}
     try:
-        print(f"starting one process on cores {cpus}, {n} one-core workers, and {n} pinned one per core")
+        print(f"starting one process on cores {cpus} (in lanes where ablate's defaults have them, and one without), "
+              f"{n} one-core workers, and {n} pinned one per core")
         procs.append(common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch, impls=("xla",)))
+        procs.append(common.ProcessContenders("benchmarks.bench_step:jax_worker", env={xla_flags.LANES: "1"},
+                                              batch=args.batch, impls=("xla",)))
         for name, pins in ((f"{n}_workers", [None] * n), (f"{n}_workers_pinned", slices)):
             groups[name] = [common.ProcessContenders("benchmarks.bench_step:jax_worker", env=one_core, cpus=pin,
                                                      batch=args.batch, impls=("xla",)) for pin in pins]
@@ -53,16 +57,20 @@ def step_part(args) -> dict:
             return run
 
         contenders = {"one_process": lambda steps: procs[0].call("jax", steps),
+                      "one_process_no_lanes": lambda steps: procs[1].call("jax", steps),
                       **{name: together(group) for name, group in groups.items()}}
         times = common.alternate(contenders, reps=args.reps, block_s=args.block_s)
+        procs_info = [p.info for p in procs]
     finally:
         for p in procs:
             p.close()
     summary = {}
-    for name in groups:
-        summary[name] = common.ratio([n * t for t in times["one_process"]], times[name])
-        print(f"  {name}: total throughput / one process on {n} cores = {common.fmt(summary[name])}")
-    return {"workers": n, "times_s": times, "throughput_vs_one_process": summary}
+    for name in ["one_process_no_lanes", *groups]:
+        steps = 1 if name == "one_process_no_lanes" else n
+        summary[name] = common.ratio([steps * t for t in times["one_process"]], times[name])
+        print(f"  {name}: total throughput / one process on {n} cores (ablate's default) = {common.fmt(summary[name])}")
+    return {"workers": n, "one_process_lanes": procs_info[0].get("lanes"), "times_s": times,
+            "throughput_vs_one_process": summary}
 
 
 def study_part(args) -> dict:

@@ -5,8 +5,10 @@ Two parts, each timed alternately in one run:
 * `flags`: ablate's funmatch step (batch 128, the default models) in one
   process per XLA_FLAGS setting, each with ABLATE_XLA_DEFAULTS=0 so that the
   process runs exactly the flags listed: `jax_default` (no flags: jaxlib's
-  YNNPACK convolutions), `ablate` (ablate's defaults, `ablate.xla_flags`:
-  YNNPACK fusions off, so XLA's Eigen convolutions), XNNPACK / oneDNN
+  YNNPACK convolutions), `ablate` (ablate's flags without lanes,
+  `ablate.xla_flags`: YNNPACK fusions off, so XLA's Eigen convolutions, on
+  XLA's threads), `ablate_lanes` (ablate's default on 2-4 cores: the same,
+  single-threaded, the step in one lane per core, ablate/lanes.py), XNNPACK / oneDNN
   convolutions instead, 512-bit vectors, XNNPACK graph fusion, and the
   YNNPACK / oneDNN / XNNPACK library fusions of dots, elementwise ops and
   reductions; on top of ablate's: XLA's older loop emitters instead of its
@@ -28,6 +30,7 @@ ABLATE = xla_flags.with_defaults("")
 FLAGS = {
     "jax_default": "",
     "ablate": ABLATE,
+    "ablate_lanes": xla_flags.with_defaults("", xla_flags.LANE_DEFAULTS),
     "xnn_conv": f"{ABLATE} --xla_cpu_experimental_xnn_fusion_type=individual_convolution",
     "onednn_conv": f"{ABLATE} --xla_cpu_experimental_onednn_fusion_type=individual_convolution",
     "xnn_conv_dot": f"{ABLATE} --xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot",

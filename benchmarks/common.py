@@ -211,27 +211,32 @@ def _fashion_mnist():
 
 def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "xla",
                   student: str = "resnet_s", teacher: str = "resnet_t", num_batches: int = 4,
-                  total_steps: int = 10_000, seed: int = 0, groupnorm: str = "ablate", cohort: int = 1) -> JaxStep:
-    """ablate's own step (`ablate.train.make_train_step` + `optim.paper_optimizer`), jitted with donation as in
-    `ablate.train.train`, on real Fashion-MNIST batches already on the device. The teacher has random weights
-    (its head too, so its logits are not all zero): throughput does not depend on what it learnt.
+                  total_steps: int = 10_000, seed: int = 0, groupnorm: str = "ablate", cohort: int = 1,
+                  lanes: int | None = None) -> JaxStep:
+    """ablate's own step as `ablate.train.train` compiles it (`compile_cohort_step`: in lanes where this process
+    has them, `ablate.lanes.count`, else one jitted program donating the state) with `optim.paper_optimizer`, on
+    real Fashion-MNIST batches already on the device. The teacher has random weights (its head too, so its
+    logits are not all zero): throughput does not depend on what it learnt.
     `impl` picks StdConv's implementation and `groupnorm` a GroupNorm variant of `bench_groupnorm` ("ablate" is
     ablate's own), both swapped in while the models are traced; parameter trees are unchanged. With `cohort` > 1
     the step is `make_cohort_step` over that many students (init_seed seed, seed + 1, ...) sharing the views and
-    the teacher's forward; its state is a tuple."""
+    the teacher's forward; its state is a tuple. `lanes` overrides the lanes (1: the one-program step).
+    `.fn` is the one-program step before jax.jit (for vmap and XLA's cost analysis)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from ablate import lanes as lanes_lib
     from ablate import optim
     from ablate.config import RunConfig
     from ablate.models import build_model
     from ablate.policies import POLICIES
-    from ablate.train import TrainState, make_cohort_step, make_train_step
+    from ablate.train import TrainState, compile_cohort_step, make_cohort_step, make_train_step, one_run
 
     cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
     cfgs = [cfg.replace(init_seed=seed + k) for k in range(cohort)] if cohort > 1 else [cfg]
     pol = POLICIES.get(policy)
+    lanes = lanes_lib.count(batch_size) if lanes is None else lanes
     x = jnp.zeros((1, 28, 28, 1))
     with _variants(impl, groupnorm):
         s_model, t_model = build_model(student, 10), build_model(teacher, 10)
@@ -248,7 +253,14 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
         else:
             fn = make_cohort_step(cfgs, [s_model] * cohort, teacher, opts, 10, 28, 28)
         fn = _traced_under(fn, impl, groupnorm)  # the variants only matter while jax traces the step
-        step = jax.jit(fn, donate_argnums=(0,))
+        if lanes == 1:
+            step = jax.jit(fn, donate_argnums=(0,))
+        else:
+            step = compile_cohort_step(cfgs, [s_model] * cohort, teacher, opts, 10, 28, 28, lanes)
+            if (impl, groupnorm) != ("xla", "ablate"):
+                step = _traced_under(step, impl, groupnorm)
+            if cohort == 1:
+                step = one_run(step)
     states = tuple(TrainState(p, o.init(p), jnp.int32(0)) for p, o in zip(params, opts))
     state = states[0] if cohort == 1 else states
     targets = None
@@ -321,10 +333,21 @@ class ProcessContenders:
     def __init__(self, factory: str, env: dict | None = None, cpus: list[int] | None = None, **kwargs):
         import multiprocessing as mp
 
+        from ablate import xla_flags
+
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_serve, args=(child, factory, kwargs, env or {}, cpus), daemon=True)
-        self.proc.start()
+        # the child imports ablate (which reads ABLATE_* and XLA_FLAGS) before _serve runs: it must start with
+        # `env` and XLA_FLAGS as the user gave it, not with this process's defaults
+        saved = dict(os.environ)
+        os.environ.clear()
+        os.environ.update({**xla_flags.as_given(saved), **(env or {})})
+        try:
+            self.proc.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         child.close()  # so that a dead child shows as EOFError here instead of a wait for ever
         status, payload = self._recv()
         if status != "ready":

@@ -35,7 +35,8 @@ TOLERANCE = {"val/acc": 0.01, "test/acc": 0.01, "test/agree_top1": 0.01, "train/
 
 
 def run_on(devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    # no lanes on one device either (ablate/lanes.py): this compares sharding over devices with one program
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "ABLATE_LANES": "1"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))

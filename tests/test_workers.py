@@ -37,12 +37,13 @@ def test_cpu_slices_are_disjoint_contiguous_and_balanced():
 
 def test_workers_start_from_the_users_xla_flags_and_their_share_of_cores(monkeypatch):
     """A worker gets XLA_FLAGS as the user set it (not this process's multi-core defaults) and its share of cores,
-    from which its ablate picks its own defaults."""
+    from which its ablate picks its own defaults (lanes too, but none on one core)."""
     from ablate import xla_flags
 
     monkeypatch.setattr(xla_flags, "given", "--a=1")
     env = {"XLA_FLAGS": "--a=1 --xla_cpu_experimental_ynn_fusion_type=", "B": "2"}
-    assert workers.worker_env(1, env) == {"XLA_FLAGS": "--a=1", "B": "2", "ABLATE_XLA_CORES": "1"}
+    assert workers.worker_env(1, env) == {"XLA_FLAGS": "--a=1", "B": "2", "ABLATE_XLA_CORES": "1",
+                                          "ABLATE_LANES": "1"}  # one core: no lanes, whatever the user set
     monkeypatch.setattr(xla_flags, "given", None)
     assert workers.worker_env(3, {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="}) == \
         {"ABLATE_XLA_CORES": "3"}
@@ -95,6 +96,7 @@ def test_workers_run_each_cell_once_pinned_and_sum_their_outcomes(tmp_path, caps
     for run_id in (bad, *good):
         meta = json.loads((store / run_id / "config.json").read_text())["meta"]
         assert meta["cpus"] == 1 and meta["xla_flags"].split()[-1] == "--xla_cpu_multi_thread_eigen=false"
+        assert meta["lanes"] == 1
         assert "ynn_fusion_type" not in meta["xla_flags"]  # one core: jax's YNNPACK path (ablate/xla_flags.py)
         assert not (store / run_id / "lock").exists()
     assert len(list((store / "wandb").glob("wandb/offline-run-*"))) == 3
@@ -156,5 +158,8 @@ def test_workers_need_no_idle_cores_for_a_single_cell(tmp_path, capsys, teacher)
     assert "1 ran" in capsys.readouterr().out
     (run_id,) = [c.run_id for c in cells(load_study(study))]
     meta = json.loads((store / run_id / "config.json").read_text())["meta"]
+    from ablate import lanes, xla_flags
+
     assert meta["cpus"] == len(workers.usable_cpus())
-    assert "--xla_cpu_multi_thread_eigen=false" not in (meta["xla_flags"] or "")
+    assert meta["xla_flags"] == xla_flags.in_effect  # this process's flags, not a one-core worker's
+    assert meta["lanes"] == lanes.count(50)  # tiny_study's batches of 50 split over this process's lanes

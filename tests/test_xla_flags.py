@@ -24,7 +24,7 @@ def test_defaults_are_appended_and_a_users_flag_wins():
 def test_apply_sets_the_environment_unless_opted_out(monkeypatch):
     for name in ("in_effect", "given", "cores_in_effect"):  # restored afterwards
         monkeypatch.setattr(xla_flags, name, getattr(xla_flags, name))
-    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false", "ABLATE_LANES": "1"}
     with warnings.catch_warnings():  # (this process's jax may have started already: see the last test)
         warnings.simplefilter("ignore")
         xla_flags.apply(env)
@@ -38,7 +38,8 @@ def test_a_one_core_process_keeps_jaxs_ynnpack_path_single_threaded(monkeypatch)
         monkeypatch.setattr(xla_flags, name, getattr(xla_flags, name))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for cores, expected in ((1, "--xla_cpu_multi_thread_eigen=false"), (2, f"{YNN}="), (16, f"{YNN}=")):
+        for cores, expected in ((1, "--xla_cpu_multi_thread_eigen=false"), (2, "--xla_cpu_multi_thread_eigen=false"),
+                                (16, f"{YNN}=")):  # 2 cores: in lanes (tests/test_lanes.py)
             env = {"XLA_FLAGS": "--a=1"}
             xla_flags.apply(env, cores=cores)
             assert env["XLA_FLAGS"] == f"--a=1 {expected}"
@@ -83,7 +84,8 @@ json.dump({"ynn": "__ynn_fusion" in hlo, "conv": [float(v), gx.ravel()[:64].toli
 
 def _fresh_env(**env):
     """This process's environment without its XLA settings (importing ablate here already set XLA_FLAGS)."""
-    return {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS")}, **env}
+    return {**{k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "ABLATE_XLA_DEFAULTS", "ABLATE_LANES")},
+            **env}
 
 
 def _probe(pin: bool = False, **env):
@@ -97,7 +99,7 @@ def _probe(pin: bool = False, **env):
 
 @pytest.fixture(scope="module")
 def probes():
-    return _probe(), _probe(ABLATE_XLA_DEFAULTS="0")
+    return _probe(ABLATE_LANES="1"), _probe(ABLATE_XLA_DEFAULTS="0")  # ablate's defaults without lanes; jax's
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity masks")
