@@ -258,7 +258,8 @@ def cmd_run(args) -> int:
 
 
 def _run_workers(args, n: int, runner, grid, pending, desc):
-    """`ablate run --workers n`: the same study run by n pinned processes (ablate.workers); their summed outcome."""
+    """`ablate run --workers n`: the same study run by n processes sharing the cores (ablate.workers); their summed
+    outcome."""
     import jax
 
     from ablate import workers

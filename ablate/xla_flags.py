@@ -43,8 +43,8 @@ from typing import Mapping, MutableMapping
 
 # flag name -> value ablate uses ("" = the empty list: no YNNPACK fusion of any op kind)
 DEFAULTS: Mapping[str, str] = {"--xla_cpu_experimental_ynn_fusion_type": ""}
-ONE_CORE_DEFAULTS: Mapping[str, str] = {"--xla_cpu_multi_thread_eigen": "false"}
-LANE_DEFAULTS: Mapping[str, str] = ONE_CORE_DEFAULTS  # in lanes each thread is like a one-core process
+MULTI_THREAD = "--xla_cpu_multi_thread_eigen"
+ONE_CORE_DEFAULTS: Mapping[str, str] = {MULTI_THREAD: "false"}  # also in lanes: each thread is like a one-core process
 MAX_DEFAULT_LANES = 4  # lanes were measured on 2 cores only; above 4 the default stays XLA's own threads
 OPT_OUT = "ABLATE_XLA_DEFAULTS"
 CORES = "ABLATE_XLA_CORES"  # the cores to pick defaults for, instead of the affinity mask's count
@@ -65,9 +65,7 @@ def usable_cpus() -> list[int]:
 
 def defaults_for(cores: int, lanes: int = 1) -> Mapping[str, str]:
     """ablate's flags for a process that may use `cores` CPU cores and train in `lanes` lanes."""
-    if cores == 1:
-        return ONE_CORE_DEFAULTS
-    return LANE_DEFAULTS if lanes > 1 else DEFAULTS
+    return ONE_CORE_DEFAULTS if cores == 1 or lanes > 1 else DEFAULTS
 
 
 def lanes_for(cores: int, environ: Mapping[str, str] = os.environ) -> int:
@@ -81,9 +79,14 @@ def lanes_for(cores: int, environ: Mapping[str, str] = os.environ) -> int:
     return cores if 2 <= cores <= MAX_DEFAULT_LANES else 1
 
 
+def _values(xla_flags: str) -> dict[str, str]:
+    """flag name -> value (the last one given) in an XLA_FLAGS string."""
+    return dict((f.split("=", 1) + [""])[:2] for f in xla_flags.split())
+
+
 def with_defaults(xla_flags: str, defaults: Mapping[str, str] = DEFAULTS) -> str:
     """`xla_flags` plus each default whose flag name it does not already set."""
-    given = {f.split("=", 1)[0] for f in xla_flags.split()}
+    given = _values(xla_flags)
     added = [f"{name}={value}" for name, value in defaults.items() if name not in given]
     return " ".join([xla_flags.strip(), *added]).strip()
 
@@ -107,7 +110,7 @@ def apply(environ: MutableMapping[str, str] = os.environ, cores: int | None = No
     in_effect = current
     cores_in_effect = cores if cores is not None else cores_for(environ)
     lanes = lanes_for(cores_in_effect, environ)
-    if "--xla_cpu_multi_thread_eigen=true" in current.split():  # the user wants XLA's threads: lanes would not pay
+    if _values(current).get(MULTI_THREAD) == "true":  # the user wants XLA's threads: lanes would not pay
         lanes = 1
     lanes_in_effect = 1
     if environ.get(OPT_OUT, "1").strip() != "0":
@@ -122,7 +125,7 @@ def apply(environ: MutableMapping[str, str] = os.environ, cores: int | None = No
                               f"silence this). See ablate/xla_flags.py.", stacklevel=3)
                 return current
         in_effect = wanted
-    if "--xla_cpu_multi_thread_eigen=false" in in_effect.split():  # lanes only pay with one XLA thread each
+    if _values(in_effect).get(MULTI_THREAD) == "false":  # lanes only pay with one XLA thread each
         lanes_in_effect = lanes
     return in_effect
 

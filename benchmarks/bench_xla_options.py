@@ -30,7 +30,7 @@ ABLATE = xla_flags.with_defaults("")
 FLAGS = {
     "jax_default": "",
     "ablate": ABLATE,
-    "ablate_lanes": xla_flags.with_defaults("", xla_flags.LANE_DEFAULTS),
+    "ablate_lanes": xla_flags.with_defaults("", xla_flags.defaults_for(2, lanes=2)),
     "xnn_conv": f"{ABLATE} --xla_cpu_experimental_xnn_fusion_type=individual_convolution",
     "onednn_conv": f"{ABLATE} --xla_cpu_experimental_onednn_fusion_type=individual_convolution",
     "xnn_conv_dot": f"{ABLATE} --xla_cpu_experimental_xnn_fusion_type=individual_convolution,individual_dot",
