@@ -20,28 +20,43 @@ from ablate.policies import POLICIES
 
 @dataclasses.dataclass(frozen=True)
 class Machine:
-    """A kind of machine: `devices` accelerators of `peak` FLOP/s each, of which `utilisation` is sustained."""
+    """A kind of machine: `devices` accelerators of `peak` FLOP/s each, of which `utilisation` is sustained.
+
+    `step_s` is the least time a training step takes however few its FLOPs (a GPU
+    launching a step's kernels one by one): small models are bound by it, not by the peak.
+    """
 
     devices: int
     peak: float  # FLOP/s per device at the precision a float32 model runs in (see `note`)
     utilisation: float
     note: str
+    step_s: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.devices * self.peak * self.utilisation
 
+    def seconds(self, flops: float, steps: int) -> float:
+        """Time for `flops` of work done in `steps` training steps: compute-bound or step-bound, whichever is slower."""
+        return max(flops / self.rate, steps * self.step_s)
+
+
+# A step of the embedded models (resnet_t -> resnet_s) took 2.3-2.9 ms on an NVIDIA H200 at batch 128 and 1024
+# alike (benchmarks/README.md, GPU): that floor is taken for every NVIDIA row; none is known for TPUs.
+GPU_STEP_S = 2.5e-3
+
 
 # Our models are float32. JAX runs float32 matmuls/convolutions as TF32 on NVIDIA GPUs and as bfloat16
 # passes on TPUs by default, so those are the peaks used (dense, no sparsity). Multi-device rows assume
-# data-parallel training scales linearly (see the README's Performance section); cpu-2core was measured.
+# data-parallel training scales linearly (see the README's Performance section); cpu-2core was measured on
+# whole runs (`ablate run consistency --preset quick` in lanes: 18.7 TFLOP in 293 s, 2026-11-27).
 MACHINES = {
-    "cpu-2core": Machine(1, 65e9, 1.0, "measured sustained rate of a training step on 2 CPU cores"),
-    "nvidia-a100": Machine(1, 156e12, 0.4, "A100: 156 TFLOP/s TF32 peak x 40%"),
-    "nvidia-h100": Machine(1, 495e12, 0.4, "H100 SXM: 495 TFLOP/s TF32 peak x 40%"),
-    "nvidia-h100x8": Machine(8, 495e12, 0.4, "8 x H100 SXM, data-parallel"),
-    "tpu-v3-8": Machine(4, 123e12, 0.4, "4 TPU v3 chips x 123 TFLOP/s bf16 peak x 40%"),
-    "tpu-v4-8": Machine(4, 275e12, 0.4, "4 TPU v4 chips x 275 TFLOP/s bf16 peak x 40%"),
+    "cpu-2core": Machine(1, 65e9, 1.0, "measured: whole quick studies on 2 CPU cores"),
+    "nvidia-a100": Machine(1, 156e12, 0.4, "A100: 156 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step", GPU_STEP_S),
+    "nvidia-h100": Machine(1, 495e12, 0.4, "H100 SXM: 495 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step", GPU_STEP_S),
+    "nvidia-h100x8": Machine(8, 495e12, 0.4, "8 x H100 SXM, data-parallel, >= 2.5 ms a step", GPU_STEP_S),
+    "tpu-v3-8": Machine(4, 123e12, 0.4, "4 TPU v3 chips x 123 TFLOP/s bf16 peak x 40%; no step floor known"),
+    "tpu-v4-8": Machine(4, 275e12, 0.4, "4 TPU v4 chips x 275 TFLOP/s bf16 peak x 40%; no step floor known"),
 }
 
 
@@ -138,13 +153,22 @@ def cell_cost(cfg) -> dict:
             "eval_flops": eval_flops, "teacher_train_flops": teacher_train, "once": once}
 
 
-def shared_teacher_flops(grid, cohort_size: int) -> tuple[float, int]:
-    """Training FLOPs of the teacher's forward that cohorts save (each cohort runs it once), and the cohort count."""
+def _cohorts(grid, cohort_size: int) -> list:
     from ablate.study import cohorts
     from ablate.train import cohort_key
 
-    groups = [co for co in cohorts(grid, lambda c: cohort_key(c.config), cohort_size) if len(co) > 1]
+    return cohorts(grid, lambda c: cohort_key(c.config), cohort_size)
+
+
+def shared_teacher_flops(grid, cohort_size: int) -> tuple[float, int]:
+    """Training FLOPs of the teacher's forward that cohorts save (each cohort runs it once), and the cohort count."""
+    groups = [co for co in _cohorts(grid, cohort_size) if len(co) > 1]
     return sum(cell_cost(c.config)["teacher_train_flops"] for co in groups for c in co[1:]), len(groups)
+
+
+def program_steps(grid, cohort_size: int) -> int:
+    """Steps the grid's training runs as programs: a cohort's runs step together, so it counts its longest run."""
+    return sum(max(cell_cost(c.config)["steps"] or 0 for c in co) for co in _cohorts(grid, cohort_size))
 
 
 def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
@@ -183,8 +207,9 @@ def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
             lines.append(f"  dataset {name}: train {f.train:,}, val {f.val:,}, test {f.test:,} ({where})")
     if unknown:
         lines.append(f"  {unknown} run(s) could not be costed and count as 0")
+    steps = program_steps(grid, cohort_size)
     for machine, m in MACHINES.items():
-        lines.append(f"  estimated on {machine:<14} {_duration(total / m.rate):>11}   ({m.note})")
+        lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps)):>11}   ({m.note})")
     return "\n".join(lines)
 
 
