@@ -6,7 +6,12 @@
   ablate's defaults (in lanes on 2-4 cores, ablate/lanes.py); N = the cores
   this process may use. Also the same N processes pinned one per core, and
   one process without lanes (ABLATE_LANES=1). Figure: total throughput ratio
-  N x time(one) / time(N workers).
+  N x time(one) / time(N workers). And one pinned worker stepping alone: the
+  step on one core by itself, which gives what the other cores add to one
+  process, time(one core alone) / time(one). (An unpinned one-core worker
+  alone is no such baseline: XLA's intra-op pool has a thread per core the
+  process may use, and a lone program's matmuls and convolutions spread over
+  it even with `--xla_cpu_multi_thread_eigen=false`.)
 * study (`--study NAME`, off by default: minutes per repetition): the wall
   time of `ablate run NAME --preset P --workers 1` vs `--workers N`, each in a
   fresh run store, alternated; the persistent compilation cache is warmed by
@@ -56,8 +61,10 @@ def step_part(args) -> dict:
                     p.wait("jax")
             return run
 
+        one_core = groups[f"{n}_workers_pinned"][0]
         contenders = {"one_process": lambda steps: procs[0].call("jax", steps),
                       "one_process_no_lanes": lambda steps: procs[1].call("jax", steps),
+                      "one_core_alone": lambda steps: one_core.call("jax", steps),
                       **{name: together(group) for name, group in groups.items()}}
         times = common.alternate(contenders, reps=args.reps, block_s=args.block_s)
         procs_info = [p.info for p in procs]
@@ -69,8 +76,10 @@ def step_part(args) -> dict:
         steps = 1 if name == "one_process_no_lanes" else n
         summary[name] = common.ratio([steps * t for t in times["one_process"]], times[name])
         print(f"  {name}: total throughput / one process on {n} cores (ablate's default) = {common.fmt(summary[name])}")
+    scaling = common.ratio(times["one_core_alone"], times["one_process"])
+    print(f"  one process on {n} cores / one pinned core alone = {common.fmt(scaling)}")
     return {"workers": n, "one_process_lanes": procs_info[0].get("lanes"), "times_s": times,
-            "throughput_vs_one_process": summary}
+            "throughput_vs_one_process": summary, "one_process_vs_one_core": scaling}
 
 
 def study_part(args) -> dict:
