@@ -41,7 +41,7 @@ class Machine:
         return max(flops / self.rate, steps * self.step_s)
 
 
-# A step of the embedded models (resnet_t -> resnet_s) took 2.3-2.9 ms on an NVIDIA H200 at batch 128 and 1024
+# A step of the embedded models (resnet_t -> resnet_s) took 2.3-3.2 ms on an NVIDIA H200 at batch 128 and 1024
 # alike (benchmarks/README.md, GPU): that floor is taken for every NVIDIA row; none is known for TPUs.
 GPU_STEP_S = 2.5e-3
 
