@@ -71,12 +71,20 @@ def defaults_for(cores: int, lanes: int = 1) -> Mapping[str, str]:
 def lanes_for(cores: int, environ: Mapping[str, str] = os.environ) -> int:
     """$ABLATE_LANES when it is a whole number >= 1 (a warning otherwise), else one lane per core for
     2..MAX_DEFAULT_LANES cores and none (1) otherwise."""
-    text = environ.get(LANES, "").strip()
+    given_lanes = _whole_number(environ, LANES)
+    if given_lanes is not None:
+        return given_lanes
+    return cores if 2 <= cores <= MAX_DEFAULT_LANES else 1
+
+
+def _whole_number(environ: Mapping[str, str], name: str) -> int | None:
+    """`environ[name]` when it is a whole number >= 1; None when unset or empty, and a warning when it is not one."""
+    text = environ.get(name, "").strip()
     if text:
         if text.isdigit() and int(text) >= 1:
             return int(text)
-        warnings.warn(f"{LANES}={text!r} is not a whole number >= 1; ignored", stacklevel=3)
-    return cores if 2 <= cores <= MAX_DEFAULT_LANES else 1
+        warnings.warn(f"{name}={text!r} is not a whole number >= 1; ignored", stacklevel=4)
+    return None
 
 
 def _values(xla_flags: str) -> dict[str, str]:
@@ -109,35 +117,29 @@ def apply(environ: MutableMapping[str, str] = os.environ, cores: int | None = No
     current = given or ""
     in_effect = current
     cores_in_effect = cores if cores is not None else cores_for(environ)
-    lanes = lanes_for(cores_in_effect, environ)
-    if _values(current).get(MULTI_THREAD) == "true":  # the user wants XLA's threads: lanes would not pay
-        lanes = 1
-    lanes_in_effect = 1
+    user_threads = _values(current).get(MULTI_THREAD) == "true"  # the user wants XLA's threads: lanes would not pay
+    lanes = 1 if user_threads else lanes_for(cores_in_effect, environ)
     if environ.get(OPT_OUT, "1").strip() != "0":
         defaults = defaults_for(cores_in_effect, lanes)
         wanted = with_defaults(current, defaults)
         if wanted != current:
-            environ["XLA_FLAGS"] = wanted
+            environ["XLA_FLAGS"] = wanted  # for this process's children even where it is too late for this one
             if _backend_started():
                 warnings.warn(f"jax's backend started before ablate was imported, so ablate's XLA defaults "
                               f"({with_defaults('', defaults)}) are not in effect in this "
                               f"process; import ablate before running any jax code (or set {OPT_OUT}=0 to "
                               f"silence this). See ablate/xla_flags.py.", stacklevel=3)
-                return current
-        in_effect = wanted
-    if _values(in_effect).get(MULTI_THREAD) == "false":  # lanes only pay with one XLA thread each
-        lanes_in_effect = lanes
+            else:
+                in_effect = wanted
+    # lanes only pay with one XLA thread each
+    lanes_in_effect = lanes if _values(in_effect).get(MULTI_THREAD) == "false" else 1
     return in_effect
 
 
 def cores_for(environ: Mapping[str, str] = os.environ) -> int:
     """$ABLATE_XLA_CORES when it is a whole number >= 1 (a warning otherwise), else the cores this process may use."""
-    text = environ.get(CORES, "").strip()
-    if text:
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
-        warnings.warn(f"{CORES}={text!r} is not a whole number >= 1; ignored", stacklevel=3)
-    return len(usable_cpus())
+    cores = _whole_number(environ, CORES)
+    return len(usable_cpus()) if cores is None else cores
 
 
 def as_given(environ: Mapping[str, str] = os.environ) -> dict:
