@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -153,29 +154,32 @@ def cell_cost(cfg) -> dict:
             "eval_flops": eval_flops, "teacher_train_flops": teacher_train, "once": once}
 
 
-def _cohorts(grid, cohort_size: int) -> list:
+def study_cohorts(grid, cohort_size: int) -> list:
+    """The grid's cells in the cohorts `ablate run --cohort-size` trains them in."""
     from ablate.study import cohorts
     from ablate.train import cohort_key
 
     return cohorts(grid, lambda c: cohort_key(c.config), cohort_size)
 
 
-def shared_teacher_flops(grid, cohort_size: int) -> tuple[float, int]:
-    """Training FLOPs of the teacher's forward that cohorts save (each cohort runs it once), and the cohort count."""
-    groups = [co for co in _cohorts(grid, cohort_size) if len(co) > 1]
-    return sum(cell_cost(c.config)["teacher_train_flops"] for co in groups for c in co[1:]), len(groups)
+def shared_teacher_flops(groups: list, costs: Mapping[str, dict]) -> tuple[float, int]:
+    """Training FLOPs of the teacher's forward that cohorts save (each cohort runs it once), and the cohort count;
+    `costs`: each cell's `cell_cost` by run id."""
+    shared = [co for co in groups if len(co) > 1]
+    return sum(costs[c.run_id]["teacher_train_flops"] for co in shared for c in co[1:]), len(shared)
 
 
-def program_steps(grid, cohort_size: int) -> int:
+def program_steps(groups: list, costs: Mapping[str, dict]) -> int:
     """Steps the grid's training runs as programs: a cohort's runs step together, so it counts its longest run."""
-    return sum(max(cell_cost(c.config)["steps"] or 0 for c in co) for co in _cohorts(grid, cohort_size))
+    return sum(max(costs[c.run_id]["steps"] or 0 for c in co) for co in groups)
 
 
 def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
     lines = [f"study {study.name} (preset {preset or 'default'}): {len(grid)} runs", f"  {study.question}", ""]
     total_steps, train_flops, eval_flops, once, unknown = 0, 0.0, 0.0, {}, 0
+    costs = {cell.run_id: cell_cost(cell.config) for cell in grid}
     for cell in grid:
-        c = cell_cost(cell.config)
+        c = costs[cell.run_id]
         point = " ".join(f"{k}={v}" for k, v in cell.point.items())
         if c["steps"] is None:
             unknown += 1
@@ -193,7 +197,8 @@ def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
     lines.append(f"total: {total_steps:,} steps, {_flops(total)}: {_flops(train_flops)} training, "
                  f"{_flops(eval_flops)} evaluation, {_flops(once_flops)} one-off teacher work "
                  "(fixed targets, teacher logits, training uncached teachers)")
-    shared, n_cohorts = shared_teacher_flops(grid, cohort_size)
+    groups = study_cohorts(grid, cohort_size)
+    shared, n_cohorts = shared_teacher_flops(groups, costs)
     if n_cohorts:  # not taken off the estimate: the student's FLOPs run slower than the teacher's on CPU
         lines.append(f"  {n_cohorts} cohort(s) of up to {cohort_size} runs share the teacher's forward pass: "
                      f"{_flops(shared)} of the training above is not computed (not taken off the times below)")
@@ -207,7 +212,7 @@ def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
             lines.append(f"  dataset {name}: train {f.train:,}, val {f.val:,}, test {f.test:,} ({where})")
     if unknown:
         lines.append(f"  {unknown} run(s) could not be costed and count as 0")
-    steps = program_steps(grid, cohort_size)
+    steps = program_steps(groups, costs)
     for machine, m in MACHINES.items():
         lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps)):>11}   ({m.note})")
     return "\n".join(lines)

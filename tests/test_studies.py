@@ -226,12 +226,14 @@ def test_dry_run_prints_grid_and_cost(tmp_path, capsys):
 def test_dry_run_costs_small_models_by_their_steps_on_gpus(tmp_path):
     """A GPU steps the embedded models no faster than its per-step floor however few their FLOPs; a cohort's runs
     step together, so they count the steps once; paper-scale FLOPs are compute-bound as before."""
-    from ablate.estimate import MACHINES, cell_cost, program_steps
+    from ablate.estimate import MACHINES, cell_cost, program_steps, study_cohorts
 
     study = load_study(write(tmp_path, "lrs", tiny_study(name="lrs", question="?", axes=dict(lr=[0.1, 0.03, 0.01]))))
     grid = cells(study, None)
-    steps = cell_cost(grid[0].config)["steps"]
-    assert steps == 8 and program_steps(grid, 1) == 24 and program_steps(grid, 4) == 8
+    costs = {c.run_id: cell_cost(c.config) for c in grid}
+    steps = costs[grid[0].run_id]["steps"]
+    assert steps == 8 and program_steps(study_cohorts(grid, 1), costs) == 24
+    assert program_steps(study_cohorts(grid, 4), costs) == 8
     gpu, cpu = MACHINES["nvidia-h100"], MACHINES["cpu-2core"]
     assert gpu.seconds(1e9, 24) == pytest.approx(24 * gpu.step_s) and gpu.step_s > 1e-3
     assert gpu.seconds(1e18, 24) == pytest.approx(1e18 / gpu.rate)
