@@ -8,6 +8,8 @@ import sys
 
 EXIT_USAGE = 2
 STORE_HELP = "local run store folder (default: $ABLATE_STORE or ./runs)"
+NO_PROGRESS_HELP = ("no progress bars, one line per finished run instead (the default when standard error is not a "
+                    "terminal, e.g. in a log file)")
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def _sink_args(p: argparse.ArgumentParser) -> None:
                    help="W&B mode: auto = online with credentials, offline otherwise (default: auto)")
     p.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "ablate"))
     p.add_argument("--wandb-entity", default=os.environ.get("WANDB_ENTITY"))
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("teacher", help="train (or load from cache) a named teacher and report its accuracy")
     t.add_argument("action", choices=["train"])
     t.add_argument("name")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help=NO_PROGRESS_HELP)
 
     d = sub.add_parser("distill", help="run one distillation run from flags")
     _config_args(d)
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share the cells among N processes, each with its share of the CPU cores (N at most the "
                         "cores there are; a one-core worker runs XLA single-threaded; default 1: one process on "
                         "every core)")
+    r.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
+                   help="then render the study's report from the store, into DIR (default: as `ablate report`)")
     r.add_argument("--worker-outcome", default=None, help=argparse.SUPPRESS)  # set by --workers for its workers
     _sink_args(r)
 
@@ -102,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset", default=None, help="the study's preset (with --study)")
     c.add_argument("--store", default=None, help=STORE_HELP)
     c.add_argument("--source", default="local", help="'local' or wandb:ENTITY/PROJECT")
-    c.add_argument("--metric", default="best/test/acc", help="metric to rank by (default: best/test/acc)")
+    c.add_argument("--metric", default="last/test/acc",
+                   help="metric to rank by (default: last/test/acc, the end of training, as report.md and findings "
+                        "rank; its best/ counterpart, at the best validation evaluation, is shown beside it)")
     c.add_argument("--by", default=None, help="comma-separated fields to group by (default: the fields that vary)")
     c.add_argument("--baseline", default=None, help="FIELD=VALUE of the baseline group, e.g. policy=supervised")
     c.add_argument("--csv", default=None, help="also write the table to this CSV file")
@@ -111,34 +117,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ablate import parallel
+    if hasattr(args, "no_progress") and not sys.stderr.isatty():
+        args.no_progress = True  # bars redrawn with escape codes make a log unreadable: plain lines instead
+    # one line at a time even into a file or pipe: a killed run's log keeps every line it printed
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    if args.command != "list":  # `list` computes nothing: no jax (nor a multi-host run to join), so it is quick
+        from ablate import parallel
 
-    if parallel.initialize() and not parallel.is_leader():
-        # process 0 speaks for a multi-host run: the others print no results and show no progress bars
-        sys.stdout, args.no_progress = open(os.devnull, "w"), True
-    from ablate.config import ConfigError
-    from ablate.data import DataError
-    from ablate.registry import UnknownNameError
-    from ablate.report import QueryError
-    from ablate.store import StoreError
-    from ablate.study import StudyError
+        if parallel.initialize() and not parallel.is_leader():
+            # process 0 speaks for a multi-host run: the others print no results and show no progress bars
+            sys.stdout, args.no_progress = open(os.devnull, "w"), True
     from ablate.tracking import scrub  # error messages never show W&B credentials
 
     try:
         return COMMANDS[args.command](args) or 0
-    except (ConfigError, StudyError, UnknownNameError, DataError, QueryError) as e:
+    except KeyboardInterrupt:
+        print("ablate: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except _usage_errors() as e:
         print(f"ablate: error: {scrub(str(e))}", file=sys.stderr)
         return EXIT_USAGE
-    except StoreError as e:
+    except _store_error() as e:
         print(f"ablate: error: {scrub(str(e))}", file=sys.stderr)
         return 1
     except OSError as e:  # an unwritable or full output folder outside the store (e.g. report --out)
         where = f": {e.filename}" if e.filename else ""
         print(f"ablate: error: cannot write output ({scrub(e.strerror or str(e))}){where}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("ablate: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+
+
+# An except clause's classes are looked up only when an exception reaches it: these import the modules that
+# define them (the report's and the store's need pandas) then, not on every command.
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Errors in what the command was given (exit code 2)."""
+    from ablate.config import ConfigError
+    from ablate.data import DataError
+    from ablate.registry import UnknownNameError
+    from ablate.report import QueryError
+    from ablate.store import StoreLocationError
+    from ablate.study import StudyError
+
+    return ConfigError, StudyError, UnknownNameError, DataError, QueryError, StoreLocationError
+
+
+def _store_error() -> type[Exception]:
+    """Errors of the run store (exit code 1)."""
+    from ablate.store import StoreError
+
+    return StoreError
 
 
 def cmd_list(args) -> None:
@@ -148,7 +176,7 @@ def cmd_list(args) -> None:
     from ablate.policies import POLICIES
     from ablate.registry import summary
     from ablate.study import available_studies, load_study, StudyError
-    from ablate.teachers import TEACHERS
+    from ablate.teacher_registry import TEACHERS
 
     for title, reg in [("policies", POLICIES), ("losses", LOSSES), ("models", MODELS),
                        ("datasets", DATASETS), ("teachers", TEACHERS)]:
@@ -165,15 +193,20 @@ def cmd_list(args) -> None:
 
 
 def cmd_teacher(args) -> None:
-    from ablate.teachers import get_teacher, teacher_dir
+    from ablate.teachers import get_teacher
 
-    t = get_teacher(args.name, progress=not args.no_progress)
-    s = t.summary
+    print(_teacher_line(args.name, get_teacher(args.name, progress=not args.no_progress)))
+
+
+def _teacher_line(name: str, teacher) -> str:
+    """What a study's reader wants to know of its teacher: accuracy, training time, where it is cached."""
+    from ablate.teachers import teacher_dir
+
+    s = teacher.summary
     if s.get("last/test/acc") is None:
-        print(f"teacher {args.name}: loaded from its checkpoint (not evaluated by ablate), {teacher_dir(args.name)}")
-        return
-    print(f"teacher {args.name}: test acc {s['last/test/acc']:.4f}, val acc {s['last/val/acc']:.4f} "
-          f"({s.get('last/time/train_s', 0):.0f} s of training), stored in {teacher_dir(args.name)}")
+        return f"teacher {name}: loaded from its checkpoint (not evaluated by ablate), {teacher_dir(name)}"
+    return (f"teacher {name}: test acc {100 * s['last/test/acc']:.2f}%, val acc {100 * s['last/val/acc']:.2f}% "
+            f"({s.get('last/time/train_s', 0):.0f} s of training), cached in {teacher_dir(name)}")
 
 
 def _runner(args):
@@ -241,6 +274,9 @@ def cmd_run(args) -> int:
     pending = [c for c in grid if not runner.store.is_done(c.run_id)]
     runner.preflight(pending)  # bad input fails before any run
     group, desc = study.name, f"{study.name} ({args.preset or 'default'})"
+    for name in sorted({c.config.teacher for c in pending if c.config.teacher}):
+        # trained (or loaded) once, before the study's runs are counted (and before --workers read its cache)
+        print(_teacher_line(name, runner.teacher(name)))
     n = 1 if args.workers == 1 else min(args.workers, len(cohorts(pending, runner.cohort_key, args.cohort_size)))
     if n > 1:  # (never more workers than cohorts to train)
         outcome = _run_workers(args, n, runner, grid, pending, desc)
@@ -251,10 +287,24 @@ def cmd_run(args) -> int:
     if args.worker_outcome:
         workers.write_outcome(args.worker_outcome, outcome)
     print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
-          f"{outcome.busy} being run elsewhere; runs in {runner.store.root}")
-    if outcome.ran or outcome.skipped:
-        print(f"render it with: ablate report {args.study}" + (f" --preset {args.preset}" if args.preset else ""))
+          f"{outcome.busy} being run elsewhere; runs in the run store {runner.store.root.absolute()}")
+    if (outcome.ran or outcome.skipped) and args.report is not None and not args.worker_outcome:
+        _render_after_run(args, study, runner.store.root)
+    elif outcome.ran or outcome.skipped:
+        print(f"render its report with: ablate report {args.study}" +
+              (f" --preset {args.preset}" if args.preset else ""))
     return 1 if outcome.failed or outcome.stopped else 0
+
+
+def _render_after_run(args, study, store_root) -> None:
+    """`ablate run --report`: the report of what the store now holds (written by process 0 of a multi-host run)."""
+    from ablate import parallel, report
+    from ablate.store import RunStore
+
+    if parallel.is_leader():
+        out = report.render(study, args.preset, store=RunStore(store_root), out_dir=args.report or None,
+                            called=args.study)
+        print(f"report written to {out / 'report.md'}")
 
 
 def _run_workers(args, n: int, runner, grid, pending, desc):
@@ -269,8 +319,6 @@ def _run_workers(args, n: int, runner, grid, pending, desc):
         raise ConfigError(f"--workers shares one host's CPU cores among processes; this run is on "
                           f"{jax.process_count()} process(es) of backend {jax.default_backend()}: drop --workers")
     workers.check_cells(pending)
-    for name in sorted({c.config.teacher for c in pending if c.config.teacher}):
-        runner.teacher(name)  # trained (or loaded) once, here, before the workers read its cache
     command = ["run", args.study, "--cohort-size", str(args.cohort_size),
                "--store", str(runner.store.root), "--wandb", args.wandb, "--wandb-project", args.wandb_project,
                "--no-progress"]
@@ -281,38 +329,48 @@ def _run_workers(args, n: int, runner, grid, pending, desc):
     return workers.run_workers(n, command, grid, runner.store, progress=not args.no_progress, desc=desc)
 
 
-def cmd_report(args) -> None:
-    from ablate import paths, report
+def _store_to_read(args):
+    """The run store that report, findings and compare read: checked to exist when they read it (source local)."""
+    from ablate import paths
     from ablate.store import RunStore
+
+    store = RunStore(args.store or paths.store_dir())
+    if args.source == "local":
+        store.check_readable()
+    return store
+
+
+def cmd_report(args) -> None:
+    from ablate import report
     from ablate.study import load_study
 
-    study = load_study(args.study)
-    out = report.render(study, args.preset, source=args.source, store=RunStore(args.store or paths.store_dir()),
-                        out_dir=args.out, called=args.study)
+    study, store = load_study(args.study), _store_to_read(args)
+    out = report.render(study, args.preset, source=args.source, store=store, out_dir=args.out, called=args.study)
     print(f"report written to {out / 'report.md'}")
+    runs, _, _ = report.study_frames(study, args.preset, args.source, store)
+    for line in report.damaged_lines(runs):  # also in report.md; said here so that it is not missed
+        print(line, file=sys.stderr)
 
 
 def cmd_findings(args) -> None:
     import pathlib
 
-    from ablate import findings, paths, report
-    from ablate.store import RunStore
+    from ablate import findings, report
 
     report.check_source(args.source)
     study_presets = findings.parse_study_presets(args.study_preset)
     findings.check_presets(args.preset, study_presets)
-    text = findings.table(args.preset, RunStore(args.store or paths.store_dir()), args.source, study_presets)
+    text = findings.table(args.preset, _store_to_read(args), args.source, study_presets)
     print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text + "\n")
 
 
 def cmd_compare(args) -> None:
-    from ablate import paths, report
-    from ablate.store import RunStore
+    from ablate import report
     from ablate.study import load_study
 
-    store = RunStore(args.store or paths.store_dir())
+    store = _store_to_read(args)
     where = f"the run store {store.root}" if report.check_source(args.source) == "local" else args.source
     if args.study:
         runs, _, _ = report.study_frames(load_study(args.study), args.preset, args.source, store)

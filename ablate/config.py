@@ -8,7 +8,11 @@ import json
 import math
 from typing import Any
 
-from ablate import optim
+OPTIMIZERS = ("adam", "lion", "sgdm")
+"""The update directions `ablate.optim.direction` implements."""
+
+EVAL_SPACINGS = ("linear", "log")
+"""How a run's evaluations are spaced over its steps (`ablate.evaluate.evaluation_steps`)."""
 
 
 class ConfigError(ValueError):
@@ -39,7 +43,7 @@ class RunConfig:
     lr: float = _field(3e-2, "peak learning rate, chosen on the validation split (studies/hparams.py)")
     wd: float = _field(1e-4, "decoupled weight decay on kernels, not multiplied by lr")
     warmup_frac: float = _field(0.05, "share of the schedule spent in linear warmup")
-    optimizer: str = _field("adam", f"one of {', '.join(optim.OPTIMIZERS)}")
+    optimizer: str = _field("adam", f"one of {', '.join(OPTIMIZERS)}")
     clip: float = _field(1.0, "global gradient-norm clipping threshold")
     subset_per_class: int | None = _field(50, "training examples per class; None trains on the full train split")
     subset_seed: int = _field(0, "which examples the per-class subset draws")
@@ -47,7 +51,9 @@ class RunConfig:
     init: str | None = _field(None, "run id of a finished run whose student initialises this one")
     seed: int = _field(0, "data order, views, mixup and (unless init_seed is set) the student's initialisation")
     init_seed: int | None = _field(None, "the student's initialisation alone; None uses seed")
-    num_evals: int = _field(10, "evaluations spread evenly over the schedule (plus one at step 0)")
+    num_evals: int = _field(10, "evaluations over the schedule, spaced by eval_spacing (plus one at step 0)")
+    eval_spacing: str = _field("linear", "evaluation steps: 'linear' (evenly spaced) or 'log' (log-uniform; "
+                                          "always step 0 and the last step)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,10 +76,14 @@ class RunConfig:
         """A deterministic id: 12 hex digits of the SHA-256 of the canonical JSON of the config.
 
         Fields added after runs were stored (`_HASHED_WHEN_SET`) enter the hash only
-        when set, so a config that leaves them unset keeps the id it always had.
+        when set to another value than every earlier run had, so a config that
+        leaves them unset keeps the id it always had. The
+        code's `NUMERICS` version enters it too: a run made by code that trains
+        differently (another crop sampler) is another run, never found done in its place.
         """
-        values = {k: v for k, v in self.to_dict().items() if not (k in _HASHED_WHEN_SET and v is None)}
-        return content_hash(values)[:12]
+        values = {k: v for k, v in self.to_dict().items()
+                  if not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
+        return content_hash({**values, "numerics": NUMERICS} if NUMERICS > 1 else values)[:12]
 
     @property
     def student_seed(self) -> int:
@@ -85,7 +95,16 @@ class RunConfig:
         return self.epochs / self.batch_size
 
 
-_HASHED_WHEN_SET = ("init_seed",)
+_HASHED_WHEN_SET = {"init_seed": None, "eval_spacing": "linear"}  # field -> the value earlier runs had
+NUMERICS = 2
+"""What a run of a given config computes, by version; every run id (and so every cached teacher) changes with it.
+1: until 2026-12: inception crops of uniform area and log-uniform aspect, clipped to the image.
+2: inception crops drawn as TF's sample_distorted_bounding_box draws them (ablate/views.py)."""
+
+
+def num_steps(cfg: RunConfig, n_examples: int) -> int:
+    """Training steps of a run of `cfg` over `n_examples` examples (at least 1)."""
+    return max(1, int(cfg.epochs * n_examples) // cfg.batch_size)
 
 
 def content_hash(obj: Any) -> str:
@@ -124,7 +143,7 @@ def validate(cfg: RunConfig) -> None:
     from ablate.models import MODELS
     from ablate.policies import POLICIES
     from ablate.registry import UnknownNameError
-    from ablate.teachers import TEACHERS
+    from ablate.teacher_registry import TEACHERS
 
     try:
         DATASETS.check(cfg.dataset)
@@ -135,8 +154,10 @@ def validate(cfg: RunConfig) -> None:
             TEACHERS.check(cfg.teacher)
     except (UnknownNameError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    if cfg.optimizer not in optim.OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers: {', '.join(optim.OPTIMIZERS)}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    if cfg.eval_spacing not in EVAL_SPACINGS:
+        raise ConfigError(f"unknown eval_spacing {cfg.eval_spacing!r}; valid values: {', '.join(EVAL_SPACINGS)}")
     if policy.teacher and cfg.teacher is None:
         raise ConfigError(f"policy {cfg.policy!r} needs a teacher, but teacher is None")
     if policy.teacher and not spec.needs_teacher:

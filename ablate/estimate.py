@@ -15,6 +15,7 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 
+from ablate.config import num_steps
 from ablate.data import load_dataset
 from ablate.policies import POLICIES
 
@@ -25,6 +26,7 @@ class Machine:
 
     `step_s` is the least time a training step takes however few its FLOPs (a GPU
     launching a step's kernels one by one): small models are bound by it, not by the peak.
+    `run_s` is each run's fixed cost (start, compiled programs, W&B, checkpoints).
     """
 
     devices: int
@@ -32,33 +34,61 @@ class Machine:
     utilisation: float
     note: str
     step_s: float = 0.0
+    run_s: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.devices * self.peak * self.utilisation
 
-    def seconds(self, flops: float, steps: int) -> float:
-        """Time for `flops` of work done in `steps` training steps: compute-bound or step-bound, whichever is slower."""
-        return max(flops / self.rate, steps * self.step_s)
+    def seconds(self, flops: float, steps: int, runs: int = 0) -> float:
+        """Time for `flops` of work done in `steps` training steps of `runs` runs: each run's fixed cost, then
+        compute-bound or step-bound, whichever is slower."""
+        return runs * self.run_s + max(flops / self.rate, steps * self.step_s)
 
 
 # A step of the embedded models (resnet_t -> resnet_s) took 2.3-3.2 ms on an NVIDIA H200 at batch 128 and 1024
 # alike (benchmarks/README.md, GPU): that floor is taken for every NVIDIA row; none is known for TPUs.
 GPU_STEP_S = 2.5e-3
+# No run's fixed cost has been measured on a GPU: the CPU's (CpuModel below) is taken, as starting a run, loading
+# its programs and logging it are host work.
+GPU_RUN_S = 22.0
 
 
-# Our models are float32. JAX runs float32 matmuls/convolutions as TF32 on NVIDIA GPUs and as bfloat16
-# passes on TPUs by default, so those are the peaks used (dense, no sparsity). Multi-device rows assume
-# data-parallel training scales linearly (see the README's Performance section); cpu-2core was measured on
-# whole runs (`ablate run consistency --preset quick` in lanes: 18.7 TFLOP in 293 s, 2026-11-27).
+# Our models are float32. JAX runs float32 matmuls/convolutions as TF32 on NVIDIA GPUs by default, so that is
+# the peak used (dense, no sparsity). Multi-device rows assume data-parallel training scales linearly (see the
+# README's Performance section). TPUs are not listed: no step time of ablate's has been measured on one.
 MACHINES = {
-    "cpu-2core": Machine(1, 65e9, 1.0, "measured: whole quick studies on 2 CPU cores"),
-    "nvidia-a100": Machine(1, 156e12, 0.4, "A100: 156 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step", GPU_STEP_S),
-    "nvidia-h100": Machine(1, 495e12, 0.4, "H100 SXM: 495 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step", GPU_STEP_S),
-    "nvidia-h100x8": Machine(8, 495e12, 0.4, "8 x H100 SXM, data-parallel, >= 2.5 ms a step", GPU_STEP_S),
-    "tpu-v3-8": Machine(4, 123e12, 0.4, "4 TPU v3 chips x 123 TFLOP/s bf16 peak x 40%; no step floor known"),
-    "tpu-v4-8": Machine(4, 275e12, 0.4, "4 TPU v4 chips x 275 TFLOP/s bf16 peak x 40%; no step floor known"),
+    "nvidia-a100": Machine(1, 156e12, 0.4, "A100: 156 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step, 22 s a run",
+                           GPU_STEP_S, GPU_RUN_S),
+    "nvidia-h100": Machine(1, 495e12, 0.4, "H100 SXM: 495 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step, 22 s a run",
+                           GPU_STEP_S, GPU_RUN_S),
+    "nvidia-h100x8": Machine(8, 495e12, 0.4, "8 x H100 SXM, data-parallel, >= 2.5 ms a step, 22 s a run",
+                             GPU_STEP_S, GPU_RUN_S),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuModel:
+    """Time of a grid on a 2-core CPU, from measured runs rather than a peak: the teacher's forward and the
+    student's work run at different rates there (the student's narrow convolutions at about 40% of the teacher's),
+    and each run pays a fixed cost (its start, compiled programs loaded, W&B, checkpoints)."""
+
+    run_s: float  # fixed cost of one run in a study
+    teacher_rate: float  # FLOP/s of the teacher's forward passes (training steps, fixed targets)
+    student_rate: float  # FLOP/s of the student's forward and backward passes, and of its evaluations
+    note: str
+
+    def seconds(self, runs: int, teacher_flops: float, student_flops: float) -> float:
+        return runs * self.run_s + teacher_flops / self.teacher_rate + student_flops / self.student_rate
+
+
+# The rates: a default funmatch step (batch 128, resnet_t -> resnet_s) takes 51 ms on a 2-core AMD EPYC (AVX2)
+# in lanes, 48% of it the teacher's forward (benchmarks/bench_breakdown.py, 2026-11-27), so 99 GFLOP/s for the
+# teacher's forward and 40 GFLOP/s for the student's passes. The fixed cost per run: the median of each committed
+# full study's measured run times less the time those rates give (reports/*/full/runs.csv, 2-core EPYC and Xeon,
+# 2026-11), 22 s. Against the measured studies: consistency full 36 min (measured 45), patience full 49 min
+# (measured 43), mixup full 19 min (23).
+CPU = CpuModel(22.0, 99e9, 40e9, "2 CPU cores: measured step parts and whole studies, 2026-11 (+-25%)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,10 +135,6 @@ def dataset_facts(name: str) -> Facts | None:
                  "known sizes")
 
 
-def _steps(cfg, n: int) -> int:
-    return max(1, int(cfg.epochs * n) // cfg.batch_size)  # as ablate.train.num_steps
-
-
 def cell_cost(cfg) -> dict:
     """Steps and FLOPs of one run: training, its evaluations, and one-off teacher work (shared between runs).
 
@@ -125,7 +151,7 @@ def cell_cost(cfg) -> dict:
         return {"steps": None, "flops": None, "train_flops": None, "eval_flops": None, "teacher_train_flops": 0.0,
                 "once": {}}
     n = facts.num_classes * cfg.subset_per_class if cfg.subset_per_class else facts.train
-    steps = _steps(cfg, n)
+    steps = num_steps(cfg, n)
     images = steps * cfg.batch_size
     res = cfg.resolution or facts.resolution
     student = forward_flops(cfg.model, facts.num_classes, res, facts.channels)
@@ -157,7 +183,7 @@ def cell_cost(cfg) -> dict:
 def study_cohorts(grid, cohort_size: int) -> list:
     """The grid's cells in the cohorts `ablate run --cohort-size` trains them in."""
     from ablate.study import cohorts
-    from ablate.train import cohort_key
+    from ablate.step import cohort_key
 
     return cohorts(grid, lambda c: cohort_key(c.config), cohort_size)
 
@@ -213,8 +239,12 @@ def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
     if unknown:
         lines.append(f"  {unknown} run(s) could not be costed and count as 0")
     steps = program_steps(groups, costs)
+    in_steps = sum(c["teacher_train_flops"] for c in costs.values())  # the teacher's forward in training steps
+    cpu = CPU.seconds(len(grid), in_steps - shared + once_flops, train_flops - in_steps + eval_flops)
+    lines.append(f"  estimated on {'cpu-2core':<14} {_duration(cpu):>11}   ({CPU.note})")
     for machine, m in MACHINES.items():
-        lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps)):>11}   ({m.note})")
+        lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps, len(grid))):>11}   ({m.note})")
+    lines.append("  (TPUs: not estimated, no step time of ablate's measured on one)")
     return "\n".join(lines)
 
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ablate.report import study_frames
+from ablate.report import best_of, study_frames
 from ablate.store import RunStore
 from ablate.study import StudyError, load_study
 
 FAMILIES = {"fixed": ("fix/rs", "fix/cc", "fix/ic_ens"), "independent": ("ind/rc", "ind/ic"),
             "consistent": ("same/rc", "same/ic"), "funmatch": ("funmatch",)}
-ACC = "last/test/acc"
+ACC = "last/test/acc"  # test accuracy at the end of training: what report.md and `ablate compare` rank by too
+MIN_SEEDS = 2
+"""Seeds every compared group needs before a verdict can hold; with fewer, only the direction is reported."""
 
 
 def _stats(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -24,7 +26,20 @@ def _stats(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def _pm(row) -> str:
-    return f"{100 * row['mean']:.2f} ± {100 * row['std']:.2f} (n={int(row['n'])})"
+    """`mean ± std (n=3)`; a single run has no spread: `mean (n=1)`."""
+    spread = f" ± {100 * row['std']:.2f}" if row["n"] >= MIN_SEEDS else ""
+    return f"{100 * row['mean']:.2f}{spread} (n={int(row['n'])})"
+
+
+def _verdict(verdict: str, n: int) -> str:
+    """The verdict, if every compared group has at least MIN_SEEDS seeds (n is the fewest); otherwise only which
+    way the numbers point: `direction only (n=1): as claimed`, `...: partly as claimed: ...`, `...: not as claimed`."""
+    if n >= MIN_SEEDS or verdict == "not tested":
+        return verdict
+    for head, says in (("holds", "as claimed"), ("partly", "partly as claimed"), ("does not hold", "not as claimed")):
+        if verdict.startswith(head):
+            return f"direction only (n={n}): {says}{verdict[len(head):]}"
+    return f"direction only (n={n}): {verdict}"
 
 
 def finding1(runs: pd.DataFrame):
@@ -36,12 +51,19 @@ def finding1(runs: pd.DataFrame):
         return "missing runs", "not tested"
     lines = [f"{fam} (best: {b.index[0]}) {_pm(b.iloc[0])}" for fam, b in best.items()]
     m = {fam: b["mean"].iloc[0] for fam, b in best.items()}
-    spread = max(s["std"].max(), 1e-9)
-    order = m["funmatch"] > m["consistent"] > m["independent"] > m["fixed"]
-    separated = m["funmatch"] - m["fixed"] > spread
+    n = int(min(b["n"].iloc[0] for b in best.values()))
+    claimed = ["funmatch", "consistent", "independent", "fixed"]
+    gaps = {f"{a} - {b}": m[a] - m[b] for a, b in zip(claimed, claimed[1:])}
+    closest = min(gaps, key=lambda k: abs(gaps[k]))
+    lines.append(f"closest step of the claimed order: {closest} {100 * gaps[closest]:+.2f} points")
+    order = all(g > 0 for g in gaps.values())
+    order_text = ("order funmatch > consistent > independent > fixed holds" if order else
+                  "order is " + " > ".join(sorted(m, key=m.get, reverse=True)))
+    if n < MIN_SEEDS:  # no seed spread to separate them by: the order alone
+        return "; ".join(lines), _verdict("holds" if order else "partly: " + order_text, n)
+    separated = m["funmatch"] - m["fixed"] > max(s["std"].max(), 1e-9)
     verdict = ("holds" if order and separated else
-               "partly: " + ("order funmatch > consistent > independent > fixed holds" if order else
-                             "order is " + " > ".join(sorted(m, key=m.get, reverse=True)))
+               "partly: " + order_text
                + ("; funmatch vs best fixed separated by more than the seed spread" if separated else
                   "; funmatch vs best fixed NOT separated beyond the seed spread"))
     return "; ".join(lines), verdict
@@ -53,7 +75,8 @@ def finding2(runs: pd.DataFrame):
         return "missing runs", "not tested"
     longest = runs[runs.epochs == runs.epochs.max()]
     loss = longest.groupby("policy")["last/train/loss"].mean().drop("supervised", errors="ignore")
-    acc = _stats(runs, ["policy", "epochs"])["mean"].unstack("epochs").dropna()  # policies with every schedule
+    stats = _stats(runs, ["policy", "epochs"])
+    acc = stats["mean"].unstack("epochs").dropna()  # policies with every schedule
     fixed = [p for p in ("fix/rs", "fix/ic_ens", "fix/cc") if p in acc.index]
     if not fixed or not {"funmatch", "same/ic"} & set(acc.index):
         return "missing runs (no fixed and consistent policy has every schedule yet)", "not tested"
@@ -69,7 +92,7 @@ def finding2(runs: pd.DataFrame):
             + f"; stalled (gain < a quarter of funmatch's): {', '.join(stalled) or 'none'}")
     verdict = ("holds" if lowest in fixed and len(stalled) == len(fixed) else
                "partly" if lowest in fixed or stalled else "does not hold")
-    return text, verdict
+    return text, _verdict(verdict, int(stats["n"].min()))
 
 
 def finding3(runs: pd.DataFrame):
@@ -84,12 +107,14 @@ def finding3(runs: pd.DataFrame):
     text = ("funmatch by epochs: " + ", ".join(f"{e:g}: {100 * r['mean']:.2f}" for e, r in fm.iterrows())
             + f"; teacher {100 * teacher:.2f}; label-only {100 * sup['mean'].iloc[-1]:.2f}; "
             f"gap closed {100 * gap:.0f}%")
-    return text, "holds" if rising and gap > 0.5 else ("partly" if rising or gap > 0.5 else "does not hold")
+    verdict = "holds" if rising and gap > 0.5 else ("partly" if rising or gap > 0.5 else "does not hold")
+    return text, _verdict(verdict, int(min(fm["n"].min(), sup["n"].min())))
 
 
 def finding4(runs: pd.DataFrame):
     """At short schedules function matching can trail consistent teaching; short rankings do not predict long ones."""
-    acc = _stats(runs, ["policy", "epochs"])["mean"].unstack("epochs").dropna()  # policies with every schedule
+    stats = _stats(runs, ["policy", "epochs"])
+    acc = stats["mean"].unstack("epochs").dropna()  # policies with every schedule
     if not {"funmatch", "same/ic"} <= set(acc.index) or acc.shape[1] < 2:
         return "missing runs", "not tested"
     long = acc.columns.max()
@@ -101,8 +126,8 @@ def finding4(runs: pd.DataFrame):
     text = ("funmatch - same/ic by epochs: " + ", ".join(f"{e:g}: {100 * d:+.2f}" for e, d in diff.items())
             + f"; {changed} of {len(acc)} policies change rank between the shortest and longest schedule")
     catches_up = diff[long] > max(diff[e] for e in trails) if trails else False
-    return text, ("holds" if trails and catches_up and changed else
-                  "partly" if trails or changed else "does not hold")
+    verdict = "holds" if trails and catches_up and changed else "partly" if trails or changed else "does not hold"
+    return text, _verdict(verdict, int(stats["n"].min()))
 
 
 def finding5(runs: pd.DataFrame):
@@ -113,16 +138,8 @@ def finding5(runs: pd.DataFrame):
     d = s.loc["funmatch", "mean"] - s.loc["supervised", "mean"]
     spread = max(s.loc["funmatch", "std"], s.loc["supervised", "std"])
     text = f"funmatch {_pm(s.loc['funmatch'])}, label-only {_pm(s.loc['supervised'])}: {100 * d:+.2f} points"
-    return text, "holds" if d > 2 * spread and d > 0.01 else "does not hold"
-
-
-def _two_group(runs, col, good, bad, claim_holds):
-    s = _stats(runs, [col])
-    if not {good, bad} <= set(s.index):
-        return "missing runs", "not tested"
-    d = s.loc[good, "mean"] - s.loc[bad, "mean"]
-    return (f"{good} {_pm(s.loc[good])}, {bad} {_pm(s.loc[bad])}: {100 * d:+.2f} points",
-            "holds" if claim_holds(d, s) else "does not hold")
+    n = int(s.loc[["funmatch", "supervised"], "n"].min())
+    return text, _verdict("holds" if d > 2 * spread and d > 0.01 else "does not hold", n)
 
 
 def finding6(runs):
@@ -135,15 +152,17 @@ def finding6(runs):
     from ablate.data.fashion_mnist import OOD_CLASSES
 
     seen = len(OOD_CLASSES) / 10
-    text, in_domain_best = _two_group(runs, "dataset", "fashion_mnist", "fashion_mnist_ood", lambda d, s: d > 0)
-    if in_domain_best == "not tested":
-        return text, in_domain_best
-    useful = _stats(runs, ["dataset"]).loc["fashion_mnist_ood", "mean"] > seen + 0.05
-    text += f"; {100 * seen:.0f}% of test images are of the classes the out-of-domain student saw"
-    if in_domain_best == "holds":
-        return text, ("holds" if useful else
-                      "partly: in-domain is best; out-of-domain accuracy is not above the share of seen classes")
-    return text, "does not hold"
+    s = _stats(runs, ["dataset"])
+    if not {"fashion_mnist", "fashion_mnist_ood"} <= set(s.index):
+        return "missing runs", "not tested"
+    ind, ood = s.loc["fashion_mnist"], s.loc["fashion_mnist_ood"]
+    d = ind["mean"] - ood["mean"]
+    text = (f"fashion_mnist {_pm(ind)}, fashion_mnist_ood {_pm(ood)}: {100 * d:+.2f} points; "
+            f"{100 * seen:.0f}% of test images are of the classes the out-of-domain student saw")
+    useful = ood["mean"] > seen + 0.05
+    verdict = ("does not hold" if d <= 0 else "holds" if useful else
+               "partly: in-domain is best; out-of-domain accuracy is not above the share of seen classes")
+    return text, _verdict(verdict, int(min(ind["n"], ood["n"])))
 
 
 def finding7(runs):
@@ -151,12 +170,14 @@ def finding7(runs):
     # `init` holds the study's variant labels (scratch / supervised), or the source run id and None in raw frames
     runs = runs.assign(init_from=runs["init"].map(lambda v: "scratch" if pd.isna(v) or v == "scratch"
                                                   else "supervised"))
-    acc = _stats(runs, ["init_from", "epochs"])["mean"].unstack("epochs")
+    stats = _stats(runs, ["init_from", "epochs"])
+    acc = stats["mean"].unstack("epochs")
     if acc.shape[0] < 2 or acc.shape[1] < 2:
         return "missing runs", "not tested"
     d = acc.loc["supervised"] - acc.loc["scratch"]
     text = "init advantage by epochs: " + ", ".join(f"{e:g}: {100 * v:+.2f}" for e, v in d.items())
-    return text, "holds" if d.iloc[0] > 0 and d.iloc[-1] < d.iloc[0] else "does not hold"
+    return text, _verdict("holds" if d.iloc[0] > 0 and d.iloc[-1] < d.iloc[0] else "does not hold",
+                          int(stats["n"].min()))
 
 
 def finding8(runs):
@@ -168,6 +189,10 @@ def finding8(runs):
     top = s["mean"].sort_values(ascending=False)
     margin = top.iloc[0] - top.iloc[1]  # the best p's lead over the runner-up
     text = ", ".join(f"p={p:g}: {_pm(r)}" for p, r in s.iterrows())
+    n = int(s["n"].min())
+    if n < MIN_SEEDS:  # no seed spread to compare the lead with
+        return text + f"; p={best:g} leads p={top.index[1]:g} by {100 * margin:.2f}", _verdict(
+            "holds" if best == s.index.max() else f"does not hold (best p={best:g})", n)
     if s["mean"].max() - s["mean"].min() <= spread:  # every p within one seed spread of every other
         return text + f"; all within the seed spread ({100 * spread:.2f})", "does not hold (no p is better)"
     if margin <= spread:
@@ -210,22 +235,29 @@ def check_presets(preset: str, study_presets: dict | None = None) -> None:
 
 
 def table(preset: str, store: RunStore, source: str = "local", study_presets: dict | None = None) -> str:
-    """The reproduction table as markdown: claim, study, our numbers, verdict.
+    """The reproduction table as markdown: claim, study, our numbers, verdict (and the verdict on `best`), then a
+    note on what the numbers and verdicts mean.
 
     Every study is read at `preset`, except those named in `study_presets`
     (e.g. `{"patience": "long"}` to test findings 2-4 on the longer schedules).
     """
-    lines = ["| # | paper's claim | study (preset) | runs | our numbers (test top-1 %, mean ± std over seeds) "
-             "| verdict |", "|---|---|---|---|---|---|"]
+    best = best_of(ACC)
+    lines = [f"| # | paper's claim | study (preset) | runs | our numbers ({ACC}: last test top-1 %, mean ± std over "
+             f"n seeds, no ± at n = 1) | verdict | same rule on {best} |", "|---|---|---|---|---|---|---|"]
     for num, study_name, fn, claim in FINDINGS:
         chosen = (study_presets or {}).get(study_name, preset)
         try:
             runs, _, grid = study_frames(load_study(study_name), chosen, source, store)
         except Exception as e:  # noqa: BLE001 - a missing study is reported, not fatal
-            lines.append(f"| {num} | {claim} | `{study_name}` | - | cannot load: {e} | not tested |")
+            lines.append(f"| {num} | {claim} | `{study_name}` | - | cannot load: {e} | not tested | - |")
             continue
         done = runs[runs.status == "done"] if len(runs) else runs
         numbers, verdict = fn(done) if len(done) else ("no finished runs", "not tested")
+        on_best = fn(done.assign(**{ACC: done[best]}))[1] if len(done) and best in done else "not tested"
         lines.append(f"| {num} | {claim} | `{study_name}` ({chosen}) | {len(done)}/{len(grid)} | {numbers} "
-                     f"| **{verdict}** |")
-    return "\n".join(lines)
+                     f"| **{verdict}** | {on_best} |")
+    return "\n".join(lines + [
+        "", f"Numbers are `{ACC}`, the student at the end of training (what report.md and `ablate compare` rank by); "
+        f"the last column applies the same rule to `{best}`, the student at its best validation evaluation. "
+        f"A verdict needs at least {MIN_SEEDS} finished seeds in every group it compares; with fewer it reads "
+        "`direction only (n=1)` and says which way the numbers point."])

@@ -9,7 +9,7 @@ where ablate/xla_flags.py gives a process lanes (`lanes_in_effect`: one per
 core on 2-4 cores, or $ABLATE_LANES) the trainer splits each step's work: the
 views once (mixup needs the whole batch), then each lane's share of the
 teacher's forward and the students' loss and gradient, at once, then one
-update from the summed gradients (`ablate.train.make_lane_step`); evaluation
+update from the summed gradients (`ablate.step.make_lane_step`); evaluation
 and the fixed teacher's targets split their chunks the same way (`map_rows`).
 Results equal the one-program step's within float32 rounding (the gradient is
 summed in another order) and are deterministic: lane k always takes rows

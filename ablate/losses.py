@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
-
-import jax
-import jax.numpy as jnp
+from typing import TYPE_CHECKING, Callable
 
 from ablate.registry import Registry
 
-LossFn = Callable[..., jax.Array]
+if TYPE_CHECKING:  # jax is imported where a loss is computed: `ablate list` and config validation need no jax
+    import jax
+
+LossFn = Callable[..., "jax.Array"]
 LOSSES: Registry[LossFn] = Registry("loss", "losses")
 
 
@@ -32,6 +32,8 @@ def loss(name: str, *, needs_teacher: bool = True):
 
 def _kl(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
     """KL(p || q) per example from log-probabilities; exactly 0 where p == q."""
+    import jax.numpy as jnp
+
     return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
 
 
@@ -40,12 +42,17 @@ def _smooth(targets: jax.Array, eps: float) -> jax.Array:
 
 
 def _cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    import jax
+    import jax.numpy as jnp
+
     return -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
 
 
 @loss("kl")
 def kl(student, teacher, labels, *, temperature=1.0, **_):
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)): the paper's distillation loss."""
+    import jax
+
     t = temperature
     return t * t * _kl(jax.nn.log_softmax(teacher / t), jax.nn.log_softmax(student / t))
 
@@ -53,6 +60,8 @@ def kl(student, teacher, labels, *, temperature=1.0, **_):
 @loss("reverse_kl")
 def reverse_kl(student, teacher, labels, *, temperature=1.0, **_):
     """T^2 * KL(softmax(student/T) || softmax(teacher/T)): mode-seeking direction."""
+    import jax
+
     t = temperature
     return t * t * _kl(jax.nn.log_softmax(student / t), jax.nn.log_softmax(teacher / t))
 
@@ -60,12 +69,17 @@ def reverse_kl(student, teacher, labels, *, temperature=1.0, **_):
 @loss("mse_logits")
 def mse_logits(student, teacher, labels, **_):
     """Mean squared difference of logits over classes."""
+    import jax.numpy as jnp
+
     return jnp.mean(jnp.square(student - teacher), axis=-1)
 
 
 @loss("hard")
 def hard(student, teacher, labels, *, label_smoothing=0.0, **_):
     """Cross-entropy to the teacher's argmax (one-hot, optionally label-smoothed)."""
+    import jax
+    import jax.numpy as jnp
+
     onehot = jax.nn.one_hot(jnp.argmax(teacher, -1), teacher.shape[-1])
     return _cross_entropy(student, _smooth(onehot, label_smoothing))
 

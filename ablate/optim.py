@@ -7,22 +7,54 @@ applies to convolution and dense kernels only.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from ablate.config import OPTIMIZERS
+
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
     """s(t): linear from 0 to 1 over warmup_steps, then cosine from 1 to 0 at total_steps."""
+    return lambda step: warmup_cosine_at(step, total_steps, warmup_steps)
 
-    def schedule(step):
-        step = jnp.asarray(step, jnp.float32)
-        warm = step / max(warmup_steps, 1)
-        progress = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-        cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-        return jnp.where(step < warmup_steps, warm, cosine)
 
-    return schedule
+def warmup_cosine_at(step, total_steps, warmup_steps) -> jax.Array:
+    """s(t) for a schedule given as values (traced or not): a program that takes them as inputs serves any length."""
+    step = jnp.asarray(step, jnp.float32)
+    total, warmup = jnp.asarray(total_steps, jnp.float32), jnp.asarray(warmup_steps, jnp.float32)
+    warm = step / jnp.maximum(warmup, 1.0)
+    progress = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup, warm, cosine)
+
+
+class ScheduleState(NamedTuple):
+    """The schedule's position and its length: state, not constants, so that the step's program is the same for
+    runs of any length (one compilation serves a patience study's 10 to 3,000 epochs)."""
+
+    count: jax.Array
+    total_steps: jax.Array
+    warmup_steps: jax.Array
+
+
+def scale_by_warmup_cosine(total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
+    """Multiply updates by -s(t) (`warmup_cosine`), with t and the schedule's length kept in the state."""
+
+    def init(params):
+        del params
+        return ScheduleState(jnp.zeros([], jnp.int32), jnp.asarray(total_steps, jnp.int32),
+                             jnp.asarray(warmup_steps, jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        scale = -warmup_cosine_at(state.count, state.total_steps, state.warmup_steps)
+        updates = jax.tree.map(lambda u: scale.astype(u.dtype) * u, updates)
+        return updates, state._replace(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
 
 
 def kernel_mask(params):
@@ -35,13 +67,12 @@ def paper_optimizer(lr: float, wd: float, total_steps: int, warmup_steps: int, c
                     b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
                     name: str = "adam") -> optax.GradientTransformation:
     """Clip -> Adam (or another direction) -> * lr -> + wd * theta on kernels -> * -s(t)."""
-    schedule = warmup_cosine(total_steps, warmup_steps)
     return optax.chain(
         optax.clip_by_global_norm(clip),
         direction(name, b1, b2, eps),
         optax.scale(lr),
         optax.add_decayed_weights(wd, mask=kernel_mask),
-        optax.scale_by_schedule(lambda t: -schedule(t)),
+        scale_by_warmup_cosine(total_steps, warmup_steps),
     )
 
 
@@ -63,5 +94,3 @@ def direction(name: str, b1: float, b2: float, eps: float) -> optax.GradientTran
         return optax.scale_by_lion(b1=b1, b2=LION_B2)
     raise ValueError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
 
-
-OPTIMIZERS = ("adam", "lion", "sgdm")

@@ -91,9 +91,10 @@ class SharedStore:
             except Exception as e:  # noqa: BLE001 - re-raised below, after the others have heard of it
                 error = e
         if not agree(error is None):
-            from ablate.store import StoreError
+            from ablate.store import StoreLocationError
 
-            raise error or StoreError(f"process 0 cannot write the run store {self.store.root}; see its error")
+            raise error or StoreLocationError(f"process 0 cannot write the run store {self.store.root}; "
+                                              "see its error")
 
     def _write(self, method: str, *args):
         return getattr(self.store, method)(*args) if is_leader() else None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
+import re
+import textwrap
 import time
 
 import numpy as np
@@ -14,7 +17,9 @@ from ablate.config import RunConfig
 from ablate.store import RunStore
 from ablate.study import SEED_FIELDS, Study, Variant, cells
 
-TABLE_METRICS = ("best/test/acc", "last/test/acc", "last/test/agree_top1", "last/test/kl", "last/train/loss",
+RANK_METRIC = "last/test/acc"
+"""What report.md, `ablate compare` and `ablate findings` rank by: test accuracy at the end of training."""
+TABLE_METRICS = (RANK_METRIC, "best/test/acc", "last/test/agree_top1", "last/test/kl", "last/train/loss",
                  "best/val/acc")
 
 
@@ -76,8 +81,18 @@ def study_frames(study: Study, preset: str | None, source: str, store: RunStore)
 
 # ----------------------------------------------------------------------------- tables
 
+def rank_metric(metrics) -> str | None:
+    """The metric rows are ranked by: the first `last/` one (at the end of training), else the first."""
+    return next((m for m in metrics if m.startswith("last/")), metrics[0] if metrics else None)
+
+
+def best_of(metric: str) -> str | None:
+    """`last/test/acc` -> `best/test/acc`: the same metric at the evaluation with the best validation accuracy."""
+    return "best/" + metric[len("last/"):] if metric.startswith("last/") else None
+
+
 def summarize(runs: pd.DataFrame, by: list[str], metrics=TABLE_METRICS) -> pd.DataFrame:
-    """Mean and std over seeds of each metric, per group of `by`; n counts the finished seeds."""
+    """Mean and std over seeds of each metric, per group of `by`; n counts the finished seeds (std NaN at n = 1)."""
     done = runs[runs.status == "done"] if "status" in runs else runs
     metrics = [m for m in metrics if m in done]
     if done.empty:
@@ -86,7 +101,7 @@ def summarize(runs: pd.DataFrame, by: list[str], metrics=TABLE_METRICS) -> pd.Da
     out = g.size().rename("n").to_frame()
     for m in metrics:
         out[m] = g[m].mean()
-        out[f"{m} std"] = g[m].std(ddof=0 if len(done) == 1 else 1).fillna(0.0)
+        out[f"{m} std"] = g[m].std(ddof=1)
     return out.reset_index()
 
 
@@ -96,10 +111,14 @@ def training_minutes(runs: pd.DataFrame) -> float:
     return float((runs["wall_s"] / size).sum() / 60)
 
 
-def _fmt(mean: float, std: float, pct: bool) -> str:
+def _fmt(mean: float, std: float, pct: bool, n: int = 2) -> str:
+    """`mean ± std`, or the single run's value without ± when n < 2 (one seed has no spread)."""
     if pd.isna(mean):
         return "-"
-    return f"{100 * mean:.2f} ± {100 * std:.2f}" if pct else f"{mean:.4g} ± {std:.2g}"
+    value = f"{100 * mean:.2f}" if pct else f"{mean:.4g}"
+    if n < 2 or pd.isna(std):
+        return value
+    return f"{value} ± {100 * std:.2f}" if pct else f"{value} ± {std:.2g}"
 
 
 def markdown_table(table: pd.DataFrame, by: list[str]) -> str:
@@ -107,8 +126,8 @@ def markdown_table(table: pd.DataFrame, by: list[str]) -> str:
     header = by + ["n"] + [m + (" (%)" if _is_pct(m) else "") for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        cells_ = [str(row[b]) for b in by] + [str(int(row["n"]))]
-        cells_ += [_fmt(row[m], row[f"{m} std"], _is_pct(m)) for m in metrics]
+        cells_ = [f"{row[b]:g}" if isinstance(row[b], float) else str(row[b]) for b in by] + [str(int(row["n"]))]
+        cells_ += [_fmt(row[m], row[f"{m} std"], _is_pct(m), int(row["n"])) for m in metrics]
         lines.append("| " + " | ".join(cells_) + " |")
     return "\n".join(lines)
 
@@ -117,12 +136,14 @@ def _is_pct(metric: str) -> bool:
     return metric.endswith("acc") or "agree" in metric
 
 
-def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc", by: str | None = None,
+def compare(runs: pd.DataFrame, filters: list[str], metric: str = RANK_METRIC, by: str | None = None,
             baseline: str | None = None) -> pd.DataFrame:
     """Runs filtered by FIELD=VALUE, grouped over seeds, ranked by `metric`, with deltas to a baseline group.
 
-    Values match as numbers where both sides are numbers (`epochs=500` finds 500.0), else as text. Bad
-    filters, fields, metrics or baselines raise QueryError naming what is valid.
+    `metric` defaults to `last/test/acc` (end of training), the metric report.md and `ablate findings` rank by;
+    its `best/` counterpart (at the best validation evaluation) is shown beside it. Values match as numbers where
+    both sides are numbers (`epochs=500` finds 500.0), else as text. Bad filters, fields, metrics or baselines
+    raise QueryError naming what is valid.
     """
     if runs.empty:
         raise QueryError("no runs to compare")
@@ -146,7 +167,8 @@ def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc
     if unknown:
         raise QueryError(f"cannot group by {', '.join(map(repr, unknown))}: no such field; "
                          f"fields: {', '.join(sorted(map(str, df.columns)))}")
-    table = summarize(df, keys, metrics=(metric,))
+    second = best_of(metric)
+    table = summarize(df, keys, metrics=(metric, second) if second and second in df else (metric,))
     for col, states in (("failed", ("failed", "damaged")), ("running", ("running",))):  # always shown
         counts = df[df.status.isin(states)].groupby(keys, dropna=False).size().rename(col)
         if len(counts):
@@ -156,6 +178,8 @@ def compare(runs: pd.DataFrame, filters: list[str], metric: str = "best/test/acc
         table[col] = table[col].fillna(fill) if col in table else fill
     for col in ("failed", "running", "n"):
         table[col] = table[col].astype(int)
+    if (table["n"] < 2).all():  # one seed per group: no spread to show
+        table = table.drop(columns=[c for c in table.columns if c.endswith(" std")])
     table = table.sort_values(metric, ascending=False, na_position="last").reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     if baseline:
@@ -202,7 +226,7 @@ def _varying(df: pd.DataFrame) -> list[str]:
     return [k for k in CONFIG_KEYS if k in df and df[k].astype(str).nunique() > 1]
 
 
-# ----------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------- report.md
 
 def render(study: Study, preset: str | None, *, source: str = "local", store: RunStore | None = None,
            out_dir: str | pathlib.Path | None = None, called: str | None = None) -> pathlib.Path:
@@ -229,8 +253,8 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     run_flags = f" --preset {preset}" if preset else ""
     report_flags = run_flags + (f" --source {source}" if source != "local" else "")
     metrics = study.metrics or TABLE_METRICS
-    lines += [f"{n_done} of {len(grid)} runs finished; rendered {time.strftime('%Y-%m-%d %H:%M')} "
-              f"from `{source}`.", "",
+    lines += [f"{n_done} of {len(grid)} runs finished; read from {describe_source(source, store, study.name)} "
+              f"on {time.strftime('%Y-%m-%d %H:%M')}.", "",
               f"Made by `ablate run {called}{run_flags}` (the runs) and "
               f"`ablate report {called}{report_flags}` (this page).", ""]
     if n_done:
@@ -240,14 +264,22 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
             lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
         by = axes or ["policy"]
         table = summarize(runs, by, metrics=metrics)
+        rank = rank_metric([m for m in metrics if m in table])
+        ranked = len(by) == 1 and rank is not None  # one axis: rows best first; several: the grid's order
+        if ranked:
+            table = table.sort_values(rank, ascending=False, kind="stable")
         over = "seeds" if s.seed_field == "seed" else "seeds of the student's initialisation (init_seed)"
-        lines += [f"## Results (mean ± std over {over})", "", markdown_table(table, by), ""]
+        lines += ["## Results", "", markdown_table(table, by), "",
+                  results_notes(table, rank, ranked, over), ""]
         if "wall_s" in runs:
             lines += [f"Total training wall time: {training_minutes(runs):.1f} min over {n_done} runs.", ""]
-        for fig in study.figures:
-            path = FIGURE_FNS[fig](runs, hist, x, hue, out, axes=axes)
-            if path is not None:
-                lines += [f"![{fig}]({path.name})", ""]
+        number = 0
+        for name in study.figures:
+            made = FIGURE_FNS[name](runs, hist, x, hue, axes=axes, title=short_title(study.question))
+            if made is not None:
+                fig, caption = made
+                number += 1
+                lines += [f"![{name}]({_save(fig, out, name).name})", "", f"*Figure {number}. {caption}*", ""]
     lines += did_not_finish(runs)
     missing = len(grid) - len(runs)
     if missing:
@@ -262,6 +294,34 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
                   "the run folders hold configs and metric histories).", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out
+
+
+def describe_source(source: str, store: RunStore, group: str | None = None) -> str:
+    """What report.md was read from: the local run store (its folder) or the W&B project (and group)."""
+    if source != "local":
+        return f"the W&B project `{source[len('wandb:'):]}`" + (f" (group `{group}`)" if group else "")
+    root = store.root
+    try:  # a store inside the working folder is named as the user would type it
+        root = root.resolve().relative_to(pathlib.Path.cwd().resolve())
+    except ValueError:
+        pass
+    return f"the local run store `{root}`"
+
+
+def results_notes(table: pd.DataFrame, rank: str | None, ranked: bool, over: str) -> str:
+    """The paragraph under report.md's table: what n and ± are, what `last` and `best` mean, what ranks the rows."""
+    n = table["n"]
+    notes = ["n counts each cell's finished runs. " + (
+        "Every cell has one run, so there is no spread and no ±; differences between cells are single draws."
+        if n.max() < 2 else f"Values are mean ± std over the {over}"
+        + ("; cells with n = 1 show their single run, without ±." if n.min() < 2 else "."))]
+    if rank and rank.startswith("last/"):
+        notes.append("`last/` metrics are measured at the end of training and are what report.md, `ablate compare` "
+                     "and `ablate findings` rank by" + (f"; rows here are ranked by `{rank}`." if ranked else "."))
+    if any(c.startswith("best/") and not c.endswith(" std") for c in table.columns):
+        notes.append("`best/` metrics are measured at the evaluation with the highest validation accuracy "
+                     "(what early stopping on the validation split would keep), shown beside them for reference.")
+    return " ".join(notes)
 
 
 def did_not_finish(runs: pd.DataFrame) -> list[str]:
@@ -291,114 +351,369 @@ def damaged_lines(runs: pd.DataFrame) -> list[str]:
             for _, r in runs[runs.status == "damaged"].iterrows()]
 
 
-def _teacher_line(ax, runs):
-    if "teacher/test/acc" in runs and runs["teacher/test/acc"].notna().any():
-        ax.axhline(runs["teacher/test/acc"].dropna().iloc[0], color="k", ls="--", lw=1, label="teacher")
+# ----------------------------------------------------------------------------- figures
+
+NAMES = {
+    "last/test/acc": "test accuracy at the end of training (%)",
+    "best/test/acc": "test accuracy at the best validation evaluation (%)",
+    "last/val/acc": "validation accuracy at the end of training (%)",
+    "test/acc": "student test accuracy (%)",
+    "test/agree_top1": "top-1 agreement with the teacher (%)",
+    "last/train/loss": "training distillation loss at the end of training",
+    "policy": "teacher-input policy", "epochs": "schedule length (epochs)", "epoch": "epoch",
+    "lr": "learning rate", "wd": "weight decay", "temperature": "temperature T", "mixup_p": "mixup strength p",
+    "loss": "loss", "init": "student initialisation", "optimizer": "optimiser", "data": "training images",
+    "setup": "set-up", "teacher": "teacher",
+}
+"""Display names of metrics and axes on figures (report.md's tables keep the keys, as compare and runs.csv do)."""
+SHORT = {"mixup_p": "p", "temperature": "T"}
+LABEL_ONLY = {"supervised": "label-only (no teacher)", "supervised/mixup": "label-only + mixup (no teacher)"}
+POLICY_COLOURS = {"fix/rs": "#9ecae1", "fix/cc": "#4292c6", "fix/ic_ens": "#08519c",  # fixed: blues
+                  "ind/rc": "#fdae6b", "ind/ic": "#e6550d",  # independent: oranges
+                  "same/rc": "#a1d99b", "same/ic": "#31a354",  # consistent: greens
+                  "funmatch": "#d62728", **{name: "#7f7f7f" for name in LABEL_ONLY.values()}}
+
+
+def display(key: str) -> str:
+    return NAMES.get(key, key.replace("_", " "))
+
+
+def short_title(question: str, width: int = 70) -> str:
+    """A figure's title: the study's question up to its first sentence end, wrapped into lines of even length."""
+    first = re.split(r"(?<=[?.!])\s", question.strip(), maxsplit=1)[0]
+    lines = math.ceil(len(first) / width)
+    return textwrap.fill(first, math.ceil(len(first) / lines) + 6)
+
+
+def _label_only(df: pd.DataFrame) -> pd.Series:
+    return df["policy"].isin(LABEL_ONLY) if "policy" in df else pd.Series(False, index=df.index)
+
+
+def _labels(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """One text label per row from the axes `keys`: policies by display name, numbers as `0.5` (or `T=2` beside
+    another axis)."""
+    def one(row):
+        parts = []
+        for k in keys:
+            v = row[k]
+            if k == "policy":
+                parts.append(LABEL_ONLY.get(v, str(v)))
+            elif isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+                parts.append(f"{v:g}" if len(keys) == 1 else f"{SHORT.get(k, k)}={v:g}")
+            else:
+                parts.append(str(v))
+        return ", ".join(parts)
+
+    return df.apply(one, axis=1) if keys and len(df) else pd.Series("all runs", index=df.index, dtype=object)
+
+
+def _in_order(df: pd.DataFrame, key: str, labels: str) -> list:
+    """The labels of an axis in its natural order: numbers ascending, anything else as the grid lists it."""
+    firsts = df.drop_duplicates(labels)
+    if pd.api.types.is_numeric_dtype(firsts[key]):
+        firsts = firsts.sort_values(key)
+    return list(firsts[labels])
+
+
+def _palette(levels) -> dict:
+    """Policies in their families' colours, label-only grey; other levels from tab10 (or husl, past 8 levels)."""
+    import seaborn as sns
+
+    levels = list(levels)
+    others = [level for level in levels if level not in POLICY_COLOURS]
+    colours = ([c for i, c in enumerate(sns.color_palette("tab10")) if i not in (3, 7)]  # not funmatch's red, grey
+               if len(others) <= 8 else sns.color_palette("husl", len(others)))
+    return {level: POLICY_COLOURS.get(level) or colours[others.index(level)] for level in levels}
+
+
+def _pct(df: pd.DataFrame, cols) -> pd.DataFrame:
+    return df.assign(**{c: 100 * df[c] for c in cols if c in df})
+
+
+def _seeds(df: pd.DataFrame, keys: list[str]) -> str | None:
+    """Runs per cell as a caption gives them (`n = 3`, `n = 2-3`); None when every cell has one run (no spread)."""
+    n = df.groupby(keys, dropna=False).size() if keys else pd.Series([len(df)])
+    if n.max() < 2:
+        return None
+    return f"n = {n.min()}" if n.min() == n.max() else f"n = {n.min()}-{n.max()}"
+
+
+BANDS_UP_TO = 5
+"""Lines a figure shades ± 1 std bands for; past that they would hide each other (the table has the std)."""
+
+
+def _spread_note(seeds: str | None, drawn_as: str, lines: int = 0) -> str:
+    if not seeds:
+        return "one run per cell (n = 1), so no spread is shown"
+    if drawn_as == "shaded" and lines > BANDS_UP_TO:
+        return f"lines are means over {seeds} seeds (no bands with more than {BANDS_UP_TO} lines: see the table)"
+    return f"{drawn_as}: ± 1 std over {seeds} seeds"
+
+
+def _teachers(runs: pd.DataFrame) -> list[tuple[str, float]]:
+    """(label, test accuracy in %) of each distinct teacher of the runs."""
+    if "teacher/test/acc" not in runs:
+        return []
+    t = runs.dropna(subset=["teacher/test/acc"])
+    names = t["teacher"].astype(str) if "teacher" in t else pd.Series("teacher", index=t.index)
+    accs = t.groupby(names)["teacher/test/acc"].first()
+    return [("teacher" if len(accs) == 1 else f"teacher {name}", 100 * acc) for name, acc in accs.items()]
+
+
+def _reference(ax, value: float, label: str, vertical: bool = False, colour: str = "k", ls: str = "--"):
+    """A labelled reference line (teacher, label-only student): named on the line and in the legend."""
+    (ax.axvline if vertical else ax.axhline)(value, color=colour, ls=ls, lw=1.2, label=f"{label}: {value:.1f}%")
+    where = dict(xy=(value, 0.99), xycoords=("data", "axes fraction"), rotation=90, ha="right", va="top") \
+        if vertical else dict(xy=(0.99, value), xycoords=("axes fraction", "data"), ha="right", va="bottom")
+    ax.annotate(f"{label} {value:.1f}%", fontsize=8, color=colour, **where)
+
+
+def _zoom(set_lim, values, pad: float = 0.1):
+    """Axis limits from the data (and reference lines) alone, not from 0 or chance level."""
+    values = np.asarray([v for v in values if np.isfinite(v)])
+    if len(values):
+        lo, hi = values.min(), values.max()
+        span = max(hi - lo, 1.0)
+        set_lim(lo - pad * span, hi + pad * span)
+
+
+def _by_last_value(df: pd.DataFrame, x: str, y: str) -> list:
+    """`_line` levels ordered as their lines end, top first: the legend reads like the lines' right edge."""
+    last = df[df[x] == df[x].max()].groupby("_line")[y].mean()
+    return list(last.sort_values(ascending=False).index) + [v for v in dict.fromkeys(df["_line"]) if v not in last]
+
+
+def _lines(ax, df: pd.DataFrame, x: str, y: str, palette: dict, spread: bool) -> list[float]:
+    """One line per `_line` level (mean over seeds, ± 1 std band when `spread`); label-only ones dashed grey.
+    Returns the plotted extents, for zooming."""
+    extent = []
+    for level, colour in palette.items():
+        g = df[df["_line"] == level].groupby(x)[y].agg(["mean", "std"])
+        if g.empty:
+            continue
+        ref = level in LABEL_ONLY.values()
+        ax.plot(g.index, g["mean"], color=colour, ls="--" if ref else "-", marker="o", ms=4, lw=1.6, label=level)
+        lo, hi = g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0)
+        if spread:
+            ax.fill_between(g.index, lo, hi, color=colour, alpha=0.15, lw=0)
+        extent += [*lo, *hi]
+    return extent
+
+
+def _log_axis(axis, values):
+    """A log-scale axis with plain numbers (0.2, not 2x10^-1); the minor ticks labelled too within one decade."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.axes.set_xscale("log") if axis.axis_name == "x" else axis.axes.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    axis.set_minor_formatter(plain if values.max() < 10 * values.min() else NullFormatter())
 
 
 def _save(fig, out, name):
-    path = out / f"{name}.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
     import matplotlib.pyplot as plt
 
+    path = out / f"{name}.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keeps legends placed outside the axes
     plt.close(fig)
     return path
 
 
-def fig_final(runs, hist, x, hue, out, **_):
-    """Student test accuracy (best-on-val and last) per cell, teacher as a dashed line."""
+def fig_final(runs, hist, x, hue, axes=(), title=""):
+    """Test accuracy at the end of training per cell, best first; teacher and label-only student as lines."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    done = runs[runs.status == "done"]
-    long = done.melt(id_vars=[c for c in [x, hue] if c], value_vars=["best/test/acc", "last/test/acc"],
-                     var_name="which", value_name="test accuracy")
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * done[x].nunique() + 2), 4))
-    colour = hue or "which"
-    sns.pointplot(data=long, x=x, y="test accuracy", hue=colour, errorbar="sd",
-                  dodge=0.3 if long[colour].nunique() > 1 else False,
-                  linestyle="none" if hue is None else "-", ax=ax)
-    _teacher_line(ax, done)
-    ax.tick_params(axis="x", rotation=30)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "final")
-
-
-def fig_validation(runs, hist, x, hue, out, axes=(), **_):
-    """Validation accuracy at the end of training per cell, for choosing hyperparameters without test data."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    done = runs[runs.status == "done"]
-    if done.empty or "last/val/acc" not in done:
-        return None
-    col = next((a for a in axes if a not in (x, hue)), None)
-    grid = sns.catplot(data=done, x=x, y="last/val/acc", hue=hue, col=col, kind="point", errorbar="sd",
-                       dodge=0.2 if hue and done[hue].nunique() > 1 else False, height=3.8, aspect=1.1)
-    grid.set_ylabels("validation accuracy (end of training)")
-    grid.tick_params(axis="x", rotation=30)
-    path = out / "validation.png"
-    grid.figure.savefig(path, dpi=120, bbox_inches="tight")  # keeps catplot's legend outside the axes
-    plt.close(grid.figure)
-    return path
-
-
-def fig_patience(runs, hist, x, hue, out, **_):
-    """Student test accuracy vs schedule length (log axis) per policy; teacher as a line."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    done = runs[runs.status == "done"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sns.lineplot(data=done, x="epochs", y="last/test/acc", hue=hue if hue != "epochs" else "policy",
-                 marker="o", errorbar="sd", ax=ax)
-    ax.set_xscale("log")
-    ax.set_ylabel("student test accuracy (end of training)")
-    _teacher_line(ax, done)
-    ax.legend(fontsize=8)
-    return _save(fig, out, "patience")
-
-
-def fig_loss_vs_acc(runs, hist, x, hue, out, **_):
-    """Training distillation loss vs test accuracy: fixed teachers fit their targets and still generalise worse."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    done = runs[(runs.status == "done") & runs["last/train/loss"].notna()]
+    done = runs[runs.status == "done"].dropna(subset=[RANK_METRIC])
     if done.empty:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    sns.scatterplot(data=done, x="last/train/loss", y="last/test/acc", hue="policy",
-                    size="epochs" if done["epochs"].nunique() > 1 else None, ax=ax)
+    done = _pct(done, [RANK_METRIC])
+    as_line = hue is None and x == "policy"  # the label-only student is a reference line, not a category
+    ref, cells_ = (done[_label_only(done)], done[~_label_only(done)]) if as_line else (done.iloc[:0], done)
+    cells_ = cells_.assign(_y=_labels(cells_, [x]), _hue=_labels(cells_, [hue]) if hue else None)
+    means = cells_.groupby("_y", sort=False)[RANK_METRIC].mean()
+    order = list(means.sort_values(ascending=False).index) if hue is None else _in_order(cells_, x, "_y")
+    levels = _in_order(cells_, hue, "_hue") if hue else order
+    seeds = _seeds(cells_, [k for k in (x, hue) if k])
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.42 * len(order) * (1 + 0.3 * (len(levels) - 1) * bool(hue))))
+    sns.pointplot(data=cells_, x=RANK_METRIC, y="_y", order=order, hue="_hue" if hue else "_y",
+                  hue_order=levels, palette=_palette(levels), errorbar="sd" if seeds else None,
+                  linestyle="none", dodge=0.5 if hue else False, legend=bool(hue), ax=ax)
+    if hue is None:
+        for i, label in enumerate(order):
+            ax.annotate(f"{means[label]:.1f}", (means[label], i), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=8)
+    extent = [*cells_[RANK_METRIC]]
+    for label, acc in _teachers(done):
+        _reference(ax, acc, label, vertical=True)
+        extent.append(acc)
+    if len(ref):
+        acc = ref[RANK_METRIC].mean()
+        _reference(ax, acc, LABEL_ONLY.get(ref["policy"].iloc[0], "label-only"), vertical=True, colour="#7f7f7f",
+                   ls=":")
+        extent.append(acc)
+    _zoom(ax.set_xlim, extent)
+    ax.set_xlabel(display(RANK_METRIC))
+    ax.set_ylabel(display(x))
+    if hue:  # (without one, the reference lines are named on the lines alone)
+        ax.legend(title=display(hue), fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(title)
+    what = "per " + display(x) + (f" and {display(hue)}" if hue else ", best at the top")
+    refs = "dashed: the teacher" + ("; dotted: the label-only student" if len(ref) else "")
+    return fig, f"Student test accuracy at the end of training {what}; {refs}; {_spread_note(seeds, 'error bars')}."
+
+
+def fig_patience(runs, hist, x, hue, axes=(), title=""):
+    """Test accuracy at the end of training against schedule length (log axis), one line per policy."""
+    import matplotlib.pyplot as plt
+
+    done = runs[runs.status == "done"].dropna(subset=[RANK_METRIC])
+    if done.empty or "epochs" not in done:
+        return None
+    keys = [a for a in axes if a != "epochs"] or (["policy"] if "policy" in done else [])
+    df = _pct(done, [RANK_METRIC]).assign(_line=_labels(done, keys))
+    seeds = _seeds(df, keys + ["epochs"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    palette = _palette(_by_last_value(df, "epochs", RANK_METRIC))
+    extent = _lines(ax, df, "epochs", RANK_METRIC, palette, bool(seeds) and len(palette) <= BANDS_UP_TO)
+    for label, acc in _teachers(done):
+        _reference(ax, acc, label)
+        extent.append(acc)
+    _zoom(ax.set_ylim, extent)
     ax.set_xscale("log")
-    ax.set_xlabel("training distillation loss (end of training)")
-    ax.set_ylabel("student test accuracy")
-    ax.legend(fontsize=7)
-    return _save(fig, out, "loss_vs_acc")
+    epochs = sorted(done["epochs"].unique())
+    ax.set_xticks(epochs, [f"{e:g}" for e in epochs], minor=False)
+    ax.minorticks_off()
+    ax.set_xlabel(display("epochs") + ", log scale")
+    ax.set_ylabel(display(RANK_METRIC))
+    ax.legend(title=", ".join(display(k) for k in keys) or None, fontsize=8, loc="center left",
+              bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(title)
+    return fig, (f"Student test accuracy at the end of training against schedule length, per "
+                 f"{', '.join(display(k) for k in keys) or 'cell'}; dashed black: the teacher"
+                 + ("; grey dashed: the label-only student" if _label_only(done).any() else "")
+                 + f"; {_spread_note(seeds, 'shaded', len(palette))}.")
 
 
-def fig_curves(runs, hist, x, hue, out, **_):
-    """Test accuracy and teacher-student agreement over training, per policy (longest schedule)."""
+def fig_loss_vs_acc(runs, hist, x, hue, axes=(), title=""):
+    """Training distillation loss vs test accuracy: fixed teachers fit their targets and still generalise worse.
+    Label-only students are left out: their training loss is label cross-entropy, not a distillation loss."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    done = runs[(runs.status == "done") & runs["last/train/loss"].notna()] if "last/train/loss" in runs else runs[:0]
+    done = done[~_label_only(done)]
+    if done.empty:
+        return None
+    keys = [a for a in axes if a != "epochs"] or (["policy"] if "policy" in done else [])
+    df = _pct(done, [RANK_METRIC]).assign(_point=_labels(done, keys))
+    levels = list(dict.fromkeys(df["_point"]))
+    sized = "epochs" in df and df["epochs"].nunique() > 1
+    if sized:
+        df["epochs"] = df["epochs"].map(lambda e: int(e) if float(e).is_integer() else e)  # legend: 500, not 500.0
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    sns.scatterplot(data=df, x="last/train/loss", y=RANK_METRIC, hue="_point", hue_order=levels,
+                    palette=_palette(levels), size="epochs" if sized else None, s=60, legend=sized, ax=ax)
+    named = not sized and len(df) == len(levels)  # one point per cell: name each point instead of a legend
+    if named:
+        for _, r in df.iterrows():
+            ax.annotate(r["_point"], (r["last/train/loss"], r[RANK_METRIC]), xytext=(5, 3),
+                        textcoords="offset points", fontsize=8)
+    else:
+        handles = ax.get_legend_handles_labels()[0] if sized else [
+            plt.Line2D([], [], marker="o", ls="", color=c, label=level) for level, c in _palette(levels).items()]
+        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    extent = [*df[RANK_METRIC]]
+    for label, acc in _teachers(done):
+        _reference(ax, acc, label)
+        extent.append(acc)
+    _zoom(ax.set_ylim, extent)
+    _log_axis(ax.xaxis, df["last/train/loss"])
+    ax.set_xlabel(display("last/train/loss") + ", log scale")
+    ax.set_ylabel(display(RANK_METRIC))
+    ax.set_title(title)
+    return fig, ("Each point is one run: the distillation loss it reached on its training batches against its test "
+                 "accuracy" + (", marker size = schedule length" if sized else "") + "; dashed: the teacher. "
+                 "Label-only students are left out: their training loss is label cross-entropy.")
+
+
+def fig_curves(runs, hist, x, hue, axes=(), title=""):
+    """Test accuracy and teacher-student agreement over training, per cell (longest schedule); teacher as a line."""
+    import matplotlib.pyplot as plt
 
     if hist.empty:
         return None
     done = runs[runs.status == "done"]
+    longest = None
     if "epochs" in done and done["epochs"].nunique() > 1:
-        done = done[done["epochs"] == done["epochs"].max()]
-    colour = hue if (hue and hue != "epochs") else x
-    h = hist.merge(done[["run_id", colour]], on="run_id")
+        longest = done["epochs"].max()
+        done = done[done["epochs"] == longest]
+    keys = [a for a in axes if a != "epochs"] or (["policy"] if "policy" in done else [])
+    h = hist.merge(done[["run_id"]].assign(_line=_labels(done, keys), _ref=_label_only(done)), on="run_id")
+    evals = int(h.groupby("run_id").size().max()) if len(h) else 0
+    h = h[h["step"] > 0]  # step 0 is the untrained student at chance level: it would squeeze the rest
     panels = [m for m in ("test/acc", "test/agree_top1") if m in h]
-    fig, axs = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    if h.empty or not panels:
+        return None
+    h = _pct(h, panels)
+    seeds = _seeds(done, keys)
+    palette = _palette(_by_last_value(h.dropna(subset=[panels[0]]), "epoch", panels[0]))
+    fig, axs = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
     for ax, m in zip(axs[0], panels):
-        sns.lineplot(data=h, x="epoch", y=m, hue=colour, errorbar="sd", ax=ax)
-        ax.set_title(m)
-        ax.legend(fontsize=7)
+        data = h.dropna(subset=[m])
+        data = data[~data["_ref"]] if m != "test/acc" else data  # the label-only student has no teacher to agree with
+        extent = _lines(ax, data, "epoch", m, palette, bool(seeds) and len(palette) <= BANDS_UP_TO)
         if m == "test/acc":
-            _teacher_line(ax, done)
-    return _save(fig, out, "curves")
+            for label, acc in _teachers(done):
+                _reference(ax, acc, label)
+                extent.append(acc)
+        _zoom(ax.set_ylim, extent)
+        ax.set_title(display(m))
+        ax.set_xlabel(display("epoch"))
+        ax.set_ylabel("%")
+    fig.legend(*axs[0][0].get_legend_handles_labels(), title=", ".join(display(k) for k in keys) or None,
+               fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig, ("Test accuracy and top-1 agreement with the teacher over training"
+                 + (f" at the longest schedule ({longest:g} epochs)" if longest else "")
+                 + f", at each run's {evals - 1} evaluations after step 0 (step 0, the untrained student at chance "
+                 f"level, is left out); dashed black: the teacher"
+                 + ("; grey dashed: the label-only student" if _label_only(done).any() else "")
+                 + f"; {_spread_note(seeds, 'shaded', len(palette))}.")
+
+
+def fig_validation(runs, hist, x, hue, axes=(), title=""):
+    """Validation accuracy at the end of training as a heatmap (x axis by the other axes), each row's best boxed:
+    hyperparameters are chosen on it, without test data."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    metric = "last/val/acc"
+    done = runs[runs.status == "done"]
+    if done.empty or metric not in done:
+        return None
+    rows = [a for a in axes if a != x]
+    df = _pct(done, [metric]).assign(_col=_labels(done, [x]),
+                                     _row=_labels(done, rows) if rows else "validation accuracy")
+    grid = df.pivot_table(index="_row", columns="_col", values=metric, aggfunc="mean")
+    grid = grid.reindex(index=_in_order(df, rows[0], "_row") if len(rows) == 1 else list(dict.fromkeys(df["_row"])),
+                        columns=_in_order(df, x, "_col"))
+    fig, ax = plt.subplots(figsize=(2.5 + 1.1 * grid.shape[1], 1.8 + 0.55 * grid.shape[0]))
+    sns.heatmap(grid, annot=True, fmt=".1f", cmap="viridis", linewidths=0.5, ax=ax,
+                cbar_kws={"label": display(metric)})
+    for i, (_, row) in enumerate(grid.iterrows()):
+        if row.notna().any():
+            ax.add_patch(plt.Rectangle((int(np.nanargmax(row.values)), i), 1, 1, fill=False, ec="red", lw=2.5))
+    ax.set_xlabel(display(x))
+    ax.set_ylabel(", ".join(display(r) for r in rows))
+    ax.tick_params(axis="y", rotation=0)
+    ax.set_title(title)
+    seeds = _seeds(df, [x, *rows])
+    return fig, (f"Validation accuracy at the end of training (%) for each {display(x)}"
+                 + (f" and {', '.join(display(r) for r in rows)}" if rows else "")
+                 + "; the red box marks each row's highest value; "
+                 + (f"means over {seeds} seeds." if seeds else "one run per cell (n = 1)."))
 
 
 FIGURE_FNS = {"final": fig_final, "validation": fig_validation, "patience": fig_patience,

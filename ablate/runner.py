@@ -11,15 +11,17 @@ import jax
 import numpy as np
 
 from ablate import lanes, parallel, xla_flags
+from ablate.checkpoint import load_params, save_params
 from ablate.config import ConfigError, RunConfig
 from ablate.data import load_dataset
 from ablate.models import build_model
+from ablate.step import cohort_key
 from ablate.store import RunStore, StoreError
+from ablate.stream import student_source
 from ablate.study import SEED_FIELDS, Cell
 from ablate.teachers import get_teacher, run_inputs
 from ablate.tracking import WandbSink
-from ablate.train import (Member, NonFiniteError, cohort_key, load_params, save_params, student_source,
-                          train_cohort)
+from ablate.train import Member, NonFiniteError, train_cohort
 
 
 @dataclasses.dataclass
@@ -65,7 +67,7 @@ class Runner:
         return load_params(self.store.run_dir(cfg.init) / "params", template["params"])
 
     def cohort_key(self, cell: Cell) -> str | None:
-        """`ablate.train.cohort_key`, except that a cell resuming from its checkpoint runs alone, from its own step."""
+        """`ablate.step.cohort_key`, except that a cell resuming from its checkpoint runs alone, from its own step."""
         return None if self.store.has_checkpoint(cell.run_id) else cohort_key(cell.config)
 
     def preflight(self, cells_: list[Cell]) -> None:

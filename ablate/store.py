@@ -28,6 +28,13 @@ class StoreError(RuntimeError):
     """A run folder that cannot be read or written; the message names the path."""
 
 
+class StoreLocationError(StoreError):
+    """The store's own folder is unusable as given (a file, unwritable, missing): the user's input, not a fault."""
+
+
+STORE_HINT = "choose another folder with --store or $ABLATE_STORE"
+
+
 def write_json(path: pathlib.Path, obj: Any) -> None:
     """Write JSON atomically: a crash leaves the old file or the new one, never a mix.
 
@@ -103,14 +110,33 @@ class RunStore:
         return self.ckpt_dir(run_id).exists()
 
     def check_writable(self) -> None:
-        """Fail early, naming the folder, when the store cannot be created or written."""
+        """Fail early, naming the folder and what to do, when the store cannot be created or written."""
+        self._check_not_a_file()
         probe = self.root / f".probe.{os.getpid()}"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise StoreError(f"cannot write run store {self.root}: {e.strerror or e}") from None
+            raise StoreLocationError(f"cannot write run store {self.root}: {e.strerror or e}; {STORE_HINT}") from None
+
+    def check_readable(self) -> None:
+        """Fail, naming the folder, when there is no store to read runs from (before a report of nothing)."""
+        self._check_not_a_file()
+        if not self.root.exists():
+            raise StoreLocationError(f"run store {self.root} does not exist: no runs have been logged there; "
+                                     f"{STORE_HINT}")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StoreLocationError(f"cannot read run store {self.root}: Permission denied; {STORE_HINT}")
+
+    def _check_not_a_file(self) -> None:
+        for folder in (self.root, *self.root.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    what = "the run store" if folder == self.root else f"the run store {self.root} lies in"
+                    raise StoreLocationError(f"{folder} is a file, not a folder, so it cannot hold {what}; "
+                                             f"{STORE_HINT}")
+                return
 
     # -- writing (the caller holds the cell's lock)
     def start(self, run_id: str, config: dict, meta: dict) -> list[pathlib.Path]:

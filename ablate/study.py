@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import itertools
 import os
@@ -271,11 +272,16 @@ def run_cells(cells_: list[Cell], run_cohort: Callable[[list[Cell]], list[str]],
     outcome = Outcome(skipped=len(cells_) - len(todo))
     bar = tqdm(total=len(cells_), initial=outcome.skipped, desc=desc, unit="run", disable=not progress,
                dynamic_ncols=True, position=0)
+    say = tqdm.write if progress else functools.partial(print, flush=True)  # above the bar, or a plain log line
+    counted = itertools.count(outcome.skipped + 1)
     try:
         for cohort in cohorts(todo, cohort_key or (lambda c: None), cohort_size):
-            for status in run_cohort(cohort):
+            for cell, status in zip(cohort, run_cohort(cohort)):
                 field = {"done": "ran", "failed": "failed", "busy": "busy", "skipped": "skipped"}[status]
                 setattr(outcome, field, getattr(outcome, field) + 1)
+                point = " ".join(f"{k}={v}" for k, v in cell.point.items())
+                said = {"busy": "being run elsewhere", "skipped": "finished elsewhere"}.get(status, status)
+                say(f"[{next(counted)}/{len(cells_)}] run {cell.run_id} ({point}): {said}")
             bar.update(len(cohort))
             bar.set_postfix(ran=outcome.ran, skipped=outcome.skipped, failed=outcome.failed)
     finally:

@@ -12,132 +12,18 @@ import jax
 import numpy as np
 
 from ablate import parallel, paths, views
+from ablate.checkpoint import load_params, save_params
 from ablate.config import RunConfig, content_hash
 from ablate.data import DatasetSplits, load_dataset
+from ablate.evaluate import Frozen, predict, stack_images
 from ablate.lanes import map_rows
 from ablate.models import build_model
-from ablate.registry import Registry, UnknownNameError
-from ablate.train import Frozen, load_params, predict, save_params, stack_images, student_source, train
-
-NPZ_PREFIX = "npz:"
-NPZ_FORMAT = "npz:MODEL:DATASET:RESOLUTION:PATH"
-
-
-class _TeacherRegistry(Registry):
-    """The teacher registry; it also resolves names of the form npz:MODEL:DATASET:RESOLUTION:PATH on the fly."""
-
-    def get(self, name: str):
-        if isinstance(name, str) and name.startswith(NPZ_PREFIX) and name not in self._entries:
-            return parse_npz_name(name)
-        try:
-            return super().get(name)
-        except UnknownNameError as e:
-            raise UnknownNameError(f"{e} (or a BiT checkpoint as {NPZ_FORMAT})") from None
-
-
-TEACHERS: Registry = _TeacherRegistry("teacher")
-
-
-@dataclasses.dataclass(frozen=True)
-class NamedTeacher:
-    """A registered teacher: the config that trains it, and a line saying what it is."""
-
-    cfg: RunConfig
-    doc: str
-
-    @property
-    def __doc__(self):  # noqa: D105  (shown by `ablate list`)
-        return self.doc
-
-
-def register_teacher(name: str, cfg: RunConfig, doc: str) -> None:
-    TEACHERS.register(name)(NamedTeacher(dataclasses.replace(cfg, teacher=None), doc))
-
-
-_TEACHER_BASE = RunConfig(dataset="fashion_mnist", teacher=None, model="resnet_t", policy="supervised/mixup",
-                          loss="label_ce", mixup_p=0.2, ic_min_area=0.25, epochs=10, batch_size=128,
-                          lr=3e-3, wd=1e-4, subset_per_class=None, num_evals=10)
-register_teacher("fmnist_t", _TEACHER_BASE,
-                 "Default Fashion-MNIST teacher: resnet_t on all 55k training images, crops + mixup, 10 epochs.")
-register_teacher("fmnist_t_hr", dataclasses.replace(_TEACHER_BASE, resolution=42),
-                 "Like fmnist_t but at 42 px input (1.5x the student's 28 px), for the resolution study.")
-register_teacher("fmnist_xs", dataclasses.replace(_TEACHER_BASE, model="resnet_xs", epochs=6, subset_per_class=300,
-                                                  lr=1e-2, mixup_p=0.0, policy="supervised", num_evals=2),
-                 "Tiny, quickly trained teacher (3k images, 6 epochs) for tests and smoke runs.")
-
-
-# ----------------------------------------------------------------------------- checkpoint teachers
-
-BIT_DIR_ENV = "ABLATE_BIT_DIR"
-
-
-def bit_dir() -> pathlib.Path:
-    """Where relative teacher checkpoint paths are looked up: $ABLATE_BIT_DIR, else <cache>/bit (~/.cache/ablate/bit)."""
-    return pathlib.Path(os.environ.get(BIT_DIR_ENV) or paths.cache_dir() / "bit").expanduser()
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointTeacher(NamedTeacher):
-    """A teacher that is a fine-tuned BiT `.npz` checkpoint (head kept): loaded, never trained.
-
-    `cfg` carries what the rest of ablate asks of a teacher (model, dataset,
-    resolution); `path` is absolute or relative to `bit_dir()`, resolved when
-    the teacher is loaded, so run ids do not depend on where the files live.
-    """
-
-    path: str = ""
-
-    @property
-    def __doc__(self):  # noqa: D105  (the class docstring would otherwise hide NamedTeacher's property)
-        return self.doc
-
-    @property
-    def file(self) -> pathlib.Path:
-        p = pathlib.Path(self.path).expanduser()
-        return p if p.is_absolute() else bit_dir() / p
-
-
-def _checkpoint_entry(model: str, dataset: str, path: str, resolution: int, doc: str) -> CheckpointTeacher:
-    from ablate.data import DATASETS
-    from ablate.models import MODELS
-
-    MODELS.check(model)
-    DATASETS.check(dataset)
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 0:
-        raise ValueError(f"checkpoint teacher resolution must be an int >= 0 (0 = dataset default), got {resolution!r}")
-    if not path:
-        raise ValueError("checkpoint teacher needs a path to a .npz file")
-    cfg = RunConfig(dataset=dataset, teacher=None, model=model, policy="supervised", loss="label_ce",
-                    resolution=resolution, subset_per_class=None)
-    return CheckpointTeacher(cfg, doc, str(path))
-
-
-def register_checkpoint_teacher(name: str, *, model: str, dataset: str, path: str, resolution: int = 0,
-                                doc: str | None = None) -> None:
-    """Register `name` as the BiT checkpoint at `path` (absolute, or relative to $ABLATE_BIT_DIR), fine-tuned on `dataset`.
-
-    The checkpoint's head must have the dataset's class count: it is the
-    teacher's classifier and is loaded, not re-initialised.
-    """
-    doc = doc or f"BiT checkpoint {path}: {model} fine-tuned on {dataset} at {resolution or 'default'} px."
-    TEACHERS.register(name)(_checkpoint_entry(model, dataset, path, resolution, doc))
-
-
-def parse_npz_name(name: str) -> CheckpointTeacher:
-    """npz:MODEL:DATASET:RESOLUTION:PATH -> an unregistered checkpoint teacher (PATH may itself contain ':')."""
-    parts = name[len(NPZ_PREFIX):].split(":", 3)
-    if len(parts) != 4 or not all(parts):
-        raise UnknownNameError(f"teacher {name!r} does not look like {NPZ_FORMAT} "
-                               f"(e.g. npz:bit_r152x2:oxford_flowers102:128:R152x2_T_flowers128.npz)")
-    model, dataset, res, path = parts
-    try:
-        resolution = int(res)
-    except ValueError:
-        raise UnknownNameError(f"teacher {name!r}: RESOLUTION must be an int, got {res!r} ({NPZ_FORMAT})") from None
-    try:
-        return _checkpoint_entry(model, dataset, path, resolution, f"BiT checkpoint {path} ({model}, {dataset}).")
-    except UnknownNameError as e:
-        raise UnknownNameError(f"teacher {name!r}: {e}") from None
+from ablate.stream import student_source
+from ablate.teacher_registry import (BIT_DIR_ENV, NPZ_FORMAT, NPZ_PREFIX, PAPER_TEACHERS,  # noqa: F401
+                                     TEACHERS, CheckpointTeacher, NamedTeacher, bit_dir, parse_npz_name,
+                                     register_checkpoint_teacher, register_teacher, teacher_config,
+                                     teacher_dir)
+from ablate.train import train
 
 
 def _num_classes(dataset: str, data: DatasetSplits | None) -> tuple[int, int, int]:
@@ -176,34 +62,6 @@ def load_checkpoint_teacher(name: str, entry: CheckpointTeacher, data: DatasetSp
     summary = {"config": cfg.to_dict(), "checkpoint": str(file), "source": "checkpoint"}
     return Teacher(model=model, params=params, resolution=res, name=name,
                    fingerprint=params_fingerprint(params), summary=summary)
-
-
-# The paper's teachers: BiT-M R152x2 fine-tuned per dataset (gs://bit_models/distill/R152x2_T_*.npz).
-PAPER_TEACHERS = {
-    "bit_flowers_t": ("oxford_flowers102", 128, "R152x2_T_flowers128.npz"),
-    "bit_pets_t": ("oxford_iiit_pet", 128, "R152x2_T_pet128.npz"),
-    "bit_food_t": ("food101", 128, "R152x2_T_food128.npz"),
-    "bit_sun_t": ("sun397", 128, "R152x2_T_sun128.npz"),
-    "bit_imagenet_t224": ("imagenet2012", 224, "R152x2_T_224.npz"),
-    "bit_imagenet_t384": ("imagenet2012", 384, "R152x2_T_384.npz"),
-}
-for _name, (_dataset, _res, _file) in PAPER_TEACHERS.items():
-    register_checkpoint_teacher(_name, model="bit_r152x2", dataset=_dataset, path=_file, resolution=_res,
-                                doc=f"Paper teacher: BiT-M R152x2 fine-tuned on {_dataset} at {_res} px "
-                                    f"({_file} in $ABLATE_BIT_DIR, default ~/.cache/ablate/bit).")
-
-
-def teacher_config(name: str) -> RunConfig:
-    return TEACHERS.get(name).cfg
-
-
-def teacher_dir(name: str) -> pathlib.Path:
-    """Where a trained teacher is cached; for a checkpoint teacher, its `.npz` file."""
-    entry = TEACHERS.get(name)
-    if isinstance(entry, CheckpointTeacher):
-        return entry.file
-    cfg = entry.cfg
-    return paths.teachers_dir() / f"{name}-{cfg.run_id}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +129,7 @@ def ensemble_logits(teacher: Teacher, source, k: int, min_area: float, seed: int
         probs = 0.0
         for j in range(k):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), start), j)
-            crops = _draw_inception(key, len(chunk), min_area)  # for the whole chunk: the same crops in any lanes
+            crops = _draw_inception(key, chunk.shape, min_area)  # for the whole chunk: the same crops in any lanes
             probs = probs + map_rows(fn, chunk, np.asarray(crops.boxes), np.asarray(crops.flips),
                                      const=(teacher.params,)).astype(np.float64)
         # a float32 softmax can underflow to 0 for a very confident teacher: log(0) = -inf would make kl NaN
@@ -297,9 +155,19 @@ _draw_inception = jax.jit(views.inception_crop, static_argnums=(1, 2))
 
 
 def targets_key(teacher: Teacher, source_id: dict, view: str, **view_args) -> str:
-    """Cache key from the teacher's parameters, the exact examples and the view: never stale."""
-    return content_hash({"teacher": teacher.fingerprint, "source": source_id, "view": view,
+    """Cache key from the teacher's definition and parameters, the exact examples and the view: never stale.
+
+    The definition (the module's class and attributes, e.g. GroupNorm groups) is part of the key because the same
+    parameter tree can fit several architectures that compute different logits from it.
+    """
+    return content_hash({"teacher": teacher.fingerprint, "model": model_identity(teacher.model),
+                         "source": source_id, "view": view,
                          "resolution": teacher.resolution, **view_args})[:24]
+
+
+def model_identity(model) -> str:
+    """A model's definition as text: its class and every attribute (flax modules print them in a fixed order)."""
+    return f"{type(model).__module__}.{type(model).__qualname__}:{model!r}"
 
 
 def source_id(source) -> dict:
@@ -312,7 +180,7 @@ def source_id(source) -> dict:
     h = hashlib.sha256(np.asarray(source.labels).tobytes())
     if hasattr(source, "images"):
         h.update(np.ascontiguousarray(source.images).tobytes())
-    elif hasattr(source, "parent"):  # train._Subset
+    elif hasattr(source, "parent"):  # stream._Subset
         h.update(np.asarray(source.indices, np.int64).tobytes())
         h.update(content_hash(source_id(source.parent)).encode())
     elif hasattr(source, "identity"):
@@ -328,7 +196,7 @@ def teacher_logits(teacher: Teacher, source, view: str, *, ens_crops: int = 16, 
     `ens_crops` inception crops). The cache key covers the teacher's parameters,
     the examples and the view, so a changed teacher or view recomputes.
     """
-    extra = {"k": ens_crops, "min_area": min_area} if view == "ic_ens" else {}
+    extra = {"k": ens_crops, "min_area": min_area, "sampler": views.IC_SAMPLER} if view == "ic_ens" else {}
     key = targets_key(teacher, source_id(source), view, **extra)
     path = paths.targets_dir() / f"{key}.npy"
     cached, problem = None, None

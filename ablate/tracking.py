@@ -129,7 +129,7 @@ class WandbSink:
         os.environ.setdefault("WANDB_SILENT", "true")
 
         def init(mode):
-            import wandb
+            wandb = _import_wandb(self.directory)
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -176,6 +176,33 @@ class WandbSink:
 
         self._guard("finish", close)
         self.run = None
+
+
+def _import_wandb(directory: pathlib.Path | None):
+    """Import wandb, whose modules make temporary folders (`tmp*wandb-media`, `tmp*wandb-artifacts`) that only a
+    clean exit removes: they are made under `directory`/tmp, so a killed run leaves them there, not in the system's
+    temporary folder."""
+    import contextlib
+    import importlib
+    import sys
+    import tempfile
+
+    if "wandb" in sys.modules or directory is None:
+        import wandb
+
+        return wandb
+    before = tempfile.tempdir
+    try:
+        (directory / "tmp").mkdir(parents=True, exist_ok=True)
+        tempfile.tempdir = str(directory / "tmp")
+        import wandb
+
+        for module in ("wandb.sdk.data_types._private", "wandb.sdk.artifacts.artifact"):  # each makes its folder
+            with contextlib.suppress(ImportError):  # on import; another wandb version may have moved them
+                importlib.import_module(module)
+    finally:
+        tempfile.tempdir = before
+    return wandb
 
 
 def _teardown() -> None:

@@ -2,7 +2,7 @@
 
 Parts (batch 128, resnet_t -> resnet_s, the same inputs as the whole step):
 
-* `views`: crops drawn, rendered by interpolation matrices, mixup (`ablate.train.make_inputs`);
+* `views`: crops drawn, rendered by interpolation matrices, mixup (`ablate.step.make_inputs`);
 * `teacher_fwd`: the teacher's forward pass on the mixed view;
 * `student_fwd_bwd`: the student's loss and gradients (`jax.value_and_grad`, KL at T=1);
 * `optimizer`: the paper's optimiser update and `apply_updates`;
@@ -46,7 +46,7 @@ def parts(impl: str, batch: int) -> dict:
 
     from ablate.losses import LossSpec
     from ablate.policies import POLICIES
-    from ablate.train import make_inputs
+    from ablate.step import make_inputs
 
     js = common.make_jax_step("funmatch", batch, impl=impl)
     cfg = js.cfg
@@ -104,7 +104,7 @@ def mixed_step(teacher_impl: str, student_impl: str, batch: int):
     import jax
 
     from ablate.models import build_model
-    from ablate.train import make_train_step
+    from ablate.step import make_train_step
     from ablate import optim
 
     js = common.make_jax_step("funmatch", batch)

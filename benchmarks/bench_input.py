@@ -1,4 +1,4 @@
-"""Benchmark 4: the input pipeline (`ablate.train.batches`, indexed ds[step] as the trainer does) vs the step.
+"""Benchmark 4: the input pipeline (`ablate.stream.batches`, indexed ds[step] as the trainer does) vs the step.
 
 Pipelines, over the real Fashion-MNIST training data, batch 128:
 
@@ -43,7 +43,7 @@ class PerRecord:
 
 def pipeline(source, cfg, shard: bool):
     from ablate import parallel
-    from ablate.train import batches
+    from ablate.stream import batches
 
     total = 100_000
     ds = batches(source, cfg, total)
@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
 
     from ablate.config import RunConfig
     from ablate.data import load_dataset
-    from ablate.train import student_source
+    from ablate.stream import student_source
 
     data = load_dataset("fashion_mnist")
     cfg = RunConfig(batch_size=args.batch)

@@ -144,14 +144,14 @@ class _CountingBatches:
 def instrument(tl: Timeline):
     import jax
 
-    from ablate import parallel, runner, store, tracking, train
+    from ablate import checkpoint, parallel, runner, store, tracking, train
 
     jax.monitoring.register_event_duration_secs_listener(tl.on_duration)
     jax.monitoring.register_event_listener(tl.on_event)
     for owner, name, cat in [(runner, "load_dataset", "setup"), (runner, "get_teacher", "setup"),
                              (runner, "run_inputs", "setup"), (train, "predict", "evaluation"),
-                             (train, "eval_metrics", "evaluation"), (train, "_save", "checkpoints"),
-                             (train, "_restore", "checkpoints"), (train, "_checkpoint_manager", "checkpoints"),
+                             (train, "eval_metrics", "evaluation"), (checkpoint, "save", "checkpoints"),
+                             (checkpoint, "_restore", "checkpoints"), (checkpoint, "open_manager", "checkpoints"),
                              (runner, "save_params", "checkpoints"), (parallel.DataParallel, "shard", "data"),
                              (store.RunStore, "log", "logging"), (store.RunStore, "start", "logging"),
                              (store.RunStore, "finish", "logging"), (store.RunStore, "claim", "logging"),

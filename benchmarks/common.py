@@ -231,7 +231,7 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     from ablate.config import RunConfig
     from ablate.models import build_model
     from ablate.policies import POLICIES
-    from ablate.train import TrainState, compile_cohort_step, make_cohort_step, make_train_step, one_run
+    from ablate.step import TrainState, compile_cohort_step, make_cohort_step, make_train_step, one_run
 
     cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
     cfgs = [cfg.replace(init_seed=seed + k) for k in range(cohort)] if cohort > 1 else [cfg]

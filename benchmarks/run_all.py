@@ -27,6 +27,8 @@ SUITE = {
     "seeds": ("benchmarks.bench_seeds", []),
     "workers": ("benchmarks.bench_workers", []),
     "input": ("benchmarks.bench_input", []),
+    "eval": ("benchmarks.bench_eval", []),
+    "loop": ("benchmarks.bench_loop", []),
     "study": ("benchmarks.bench_study", []),
     "xla_options": ("benchmarks.bench_xla_options", []),
 }

@@ -8,7 +8,7 @@ POLICIES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "sa
 STUDY = Study(
     name="consistency",
     question="Must the teacher see exactly the student's view? Fixed vs independent vs consistent vs function matching.",
-    base=dict(epochs=300),
+    base=dict(epochs=300, eval_spacing="linear"),  # evaluations evenly spaced over the schedule
     axes=dict(policy=POLICIES),
     seeds=3,
     presets=dict(

@@ -11,7 +11,7 @@ from ablate.study import LABEL_ONLY, Study, variant
 STUDY = Study(
     name="hparams_setup",
     question="At which labelled-subset size and student size does distillation gain most over labels alone?",
-    base=dict(epochs=300),
+    base=dict(epochs=300, eval_spacing="linear"),
     axes=dict(setup=[variant("20/class", subset_per_class=20), variant("50/class", subset_per_class=50),
                      variant("100/class", subset_per_class=100),
                      variant("50/class resnet_xs", subset_per_class=50, model="resnet_xs")],

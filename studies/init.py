@@ -19,7 +19,7 @@ STUDY = Study(
     name="init",
     question="Does a pretrained (supervised) student initialisation help distillation, and does its advantage "
              "shrink with longer schedules?",
-    base=dict(policy="funmatch"),
+    base=dict(policy="funmatch", eval_spacing="log"),  # as patience: at full, the scratch cells are its funmatch runs
     axes=dict(init=[variant("scratch", init=None), variant("supervised", init=SOURCE_RUN)],
               epochs=[30, 100, 300]),
     seeds=2,

@@ -11,7 +11,7 @@ from ablate.study import Study
 STUDY = Study(
     name="init_seeds",
     question="How much of the seed-to-seed spread comes from the student's initialisation alone?",
-    base=dict(epochs=300),
+    base=dict(epochs=300, eval_spacing="linear"),
     axes=dict(policy=["funmatch"]),
     seeds=4,
     seed_field="init_seed",

@@ -17,7 +17,7 @@ STUDY = Study(
     name="optimizer",
     question="Does the optimiser matter for function matching? Adam vs Lion vs SGD with Nesterov momentum, "
              "all at Adam's tuned lr (not tuned per optimiser).",
-    base=dict(policy="funmatch", epochs=300),
+    base=dict(policy="funmatch", epochs=300, eval_spacing="linear"),
     axes=dict(optimizer=["adam", "lion", "sgdm"]),
     zipped=(),
     seeds=2,

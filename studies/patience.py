@@ -5,6 +5,9 @@ from ablate.study import LABEL_ONLY, Study
 STUDY = Study(
     name="patience",
     question="How do policies scale with schedule length? Fixed teachers should overfit, function matching keep rising.",
+    # evaluations log-uniform over steps: on a log axis a 1,000-epoch run's early steps are sampled as well as a
+    # 10-epoch run's (so the 300-epoch cells are not consistency's runs, which space theirs evenly)
+    base=dict(eval_spacing="log"),
     axes=dict(
         policy=["fix/rs", "fix/ic_ens", "same/ic", "funmatch",
                 LABEL_ONLY],

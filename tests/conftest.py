@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated cache/store per session, real Fashion-MNIST, and the tiny trained teacher."""
 
 import dataclasses
+import tempfile
 
 import numpy as np
 import pytest
@@ -16,6 +17,10 @@ def ablate_env(tmp_path_factory):
     mp.setenv("ABLATE_REPORTS", str(root / "reports"))
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_DIR", str(root / "wandb"))
+    # temporary files and folders of this process and its subprocesses (TFDS's, W&B's) stay in the session's folder
+    (root / "tmp").mkdir()
+    mp.setenv("TMPDIR", str(root / "tmp"))
+    mp.setattr(tempfile, "tempdir", str(root / "tmp"))
     yield root
     mp.undo()
 

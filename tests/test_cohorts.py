@@ -21,7 +21,8 @@ from ablate.runner import Runner
 from ablate.store import RunStore
 from ablate.study import Cell, cells, cohorts, load_study
 from ablate.teachers import run_inputs
-from ablate.train import Member, NonFiniteError, cohort_key, make_cohort_step, train, train_cohort
+from ablate.step import cohort_key, make_cohort_step
+from ablate.train import Member, NonFiniteError, train, train_cohort
 from tests.helpers import no_time, tiny_study
 
 QUIET = dict(progress=False)
@@ -96,11 +97,16 @@ def test_init_seed_sets_the_students_initialisation_only(alone, inputs, fmnist_s
     assert not np.allclose(flat(init_1), start, rtol=0, atol=1e-3)
 
 
-def test_run_ids_ignore_an_unset_init_seed():
-    """init_seed came after runs were stored: a config that leaves it unset keeps its id (values from before)."""
-    assert RunConfig().run_id == "8f94f01ca66c"
-    assert RunConfig(seed=3, lr=0.1).run_id == "2e54d65f2f4f"
+def test_run_ids_ignore_an_unset_init_seed_and_follow_the_numerics(monkeypatch):
+    """init_seed came after runs were stored: a config that leaves it unset keeps its id (values from before). The
+    ids of numerics version 1 (before TF's crop sampler) are those runs were stored under then; version 2 changes
+    every id."""
+    from ablate import config
+
     assert len({RunConfig(init_seed=k).run_id for k in (None, 0, 1)}) == 3
+    assert (RunConfig().run_id, RunConfig(seed=3, lr=0.1).run_id) == ("30a41f336b85", "ac00b53cc7ea")
+    monkeypatch.setattr(config, "NUMERICS", 1)
+    assert (RunConfig().run_id, RunConfig(seed=3, lr=0.1).run_id) == ("8f94f01ca66c", "2e54d65f2f4f")
 
 
 def test_a_diverging_member_fails_alone(alone, inputs, fmnist_small):
@@ -227,10 +233,10 @@ def test_a_killed_cohort_resumes_run_by_run(study_runs, tmp_path, monkeypatch, c
     """A cohort interrupted after its members' first checkpoints (as by a kill: their runs stay `running`) is
     resumed by the next `ablate run` member by member, each from its checkpoint, to the same summaries as
     runs never interrupted."""
-    import ablate.train
+    import ablate.checkpoint
 
     study, stores = study_runs
-    saves, original = [], ablate.train._save
+    saves, original = [], ablate.checkpoint.save
 
     def save_then_stop(manager, step, state, tracker):
         if len(saves) == 2:  # both funmatch members saved step 4; stop before the third save
@@ -239,10 +245,10 @@ def test_a_killed_cohort_resumes_run_by_run(study_runs, tmp_path, monkeypatch, c
         original(manager, step, state, tracker)
 
     store = tmp_path / "store"
-    monkeypatch.setattr(ablate.train, "_save", save_then_stop)
+    monkeypatch.setattr(ablate.checkpoint, "save", save_then_stop)
     assert main(["run", str(study), "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 130
     assert "ablate: interrupted; rerun the same command to resume" in capsys.readouterr().err
-    monkeypatch.setattr(ablate.train, "_save", original)
+    monkeypatch.setattr(ablate.checkpoint, "save", original)
     assert saves == [4, 4]
     grid = cells(load_study(str(study)))
     funmatch = [c.run_id for c in grid if c.point["policy"] == "funmatch"]
@@ -313,8 +319,8 @@ def test_a_study_of_init_seeds_trains_them_as_one_cohort_and_reports_over_them(t
     assert [json.loads((store / c.run_id / "config.json").read_text())["meta"]["cohort_size"] for c in grid] == [3] * 3
     assert main(["report", str(path), "--store", str(store), "--out", str(out)]) == 0
     report = (out / "report.md").read_text()
-    assert "## Results (mean ± std over seeds of the student's initialisation (init_seed))" in report
-    assert "| 1.0 | 3 |" in report
+    assert "Values are mean ± std over the seeds of the student's initialisation (init_seed)" in report
+    assert "| 1 | 3 |" in report  # temperature 1.0, n = 3
     walls = {json.loads((store / c.run_id / "summary.json").read_text())["wall_s"] for c in grid}
     assert len(walls) == 1  # each member records its cohort's wall time; the report counts it once
     assert f"Total training wall time: {walls.pop() / 60:.1f} min over 3 runs." in report

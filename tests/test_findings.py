@@ -4,10 +4,17 @@ import pandas as pd
 
 from ablate import findings
 
+ACC = findings.ACC
+
 
 def frame(rows):
     """Runs as `findings` reads them: one row per finished run."""
     return pd.DataFrame([dict(zip(("policy", "epochs", "seed", "last/test/acc", "last/train/loss"), r)) for r in rows])
+
+
+def two_seeds(rows):
+    """Each one-seed row twice, as seeds 0 and 1 a tenth of a point apart (verdicts need two seeds per group)."""
+    return [(p, e, s, a + d, l) for p, e, _, a, l in rows for s, d in ((0, -0.0005), (1, 0.0005))]
 
 
 def patience_runs(fix_rs, fix_ens, funmatch, same_ic, loss_rs=0.001, loss_ens=0.1):
@@ -46,6 +53,7 @@ def test_finding4_trailing_at_a_shorter_schedule_then_catching_up():
     for policy, accs in (("funmatch", (0.40, 0.70, 0.84)), ("same/ic", (0.38, 0.72, 0.83)), ("fix/rs", (0.45, 0.74, 0.76))):
         for epochs, acc in zip((10, 100, 300), accs):
             rows.append((policy, epochs, 0, acc, 0.1))
+    rows = two_seeds(rows)
     text, verdict = findings.finding4(frame(rows))
     assert verdict == "holds" and "100: -2.00" in text
     never_trails = frame([(p, e, s, a + (0.05 if p == "funmatch" else 0), l) for p, e, s, a, l in rows])
@@ -55,7 +63,7 @@ def test_finding4_trailing_at_a_shorter_schedule_then_catching_up():
 def test_finding3_gap_closed_against_label_only_and_teacher():
     rows = [("funmatch", e, 0, a, 0.1) for e, a in ((30, 0.5), (100, 0.75), (300, 0.88))]
     rows += [("supervised", e, 0, a, 0.3) for e, a in ((30, 0.45), (100, 0.74), (300, 0.79))]
-    runs = frame(rows).assign(**{"teacher/test/acc": 0.91})
+    runs = frame(two_seeds(rows)).assign(**{"teacher/test/acc": 0.91})
     text, verdict = findings.finding3(runs)
     assert verdict == "holds" and "gap closed 75%" in text
     runs.loc[(runs.policy == "funmatch") & (runs.epochs == 300), "last/test/acc"] = 0.81
@@ -88,7 +96,7 @@ def test_finding6_counts_only_what_transfers_to_unseen_classes():
 
 def test_finding7_from_labels_or_run_ids():
     rows = [(init, e, a) for init, accs in (("scratch", (0.50, 0.84)), ("supervised", (0.75, 0.845)))
-            for e, a in zip((30, 300), accs)]
+            for e, a in zip((30, 300), accs) for _ in range(2)]  # two seeds each
     labelled = pd.DataFrame(rows, columns=["init", "epochs", "last/test/acc"])
     text, verdict = findings.finding7(labelled)
     assert verdict == "holds" and "30: +25.00" in text and "300: +0.50" in text
@@ -115,3 +123,49 @@ def test_study_presets_read_one_study_at_another_preset(tmp_path, capsys):
     assert "study 'consistency' has no preset 'long'; valid presets: full, quick" in capsys.readouterr().err
     assert main(["findings", "--store", str(tmp_path / "store"), "--source", "foo"]) == 2
     assert "unknown source 'foo'" in capsys.readouterr().err
+
+
+def test_one_seed_gives_the_direction_only_and_no_spread():
+    """With one seed per group no verdict holds: it says `direction only (n=1)` and which way the numbers point,
+    and numbers carry no ± (there is no spread to show)."""
+    rows = [(p, 300, 0, a, 0.1) for p, a in (("fix/ic_ens", 0.7937), ("ind/ic", 0.7969), ("same/ic", 0.8157),
+                                              ("funmatch", 0.8246), ("supervised", 0.7619))]
+    text, verdict = findings.finding1(frame(rows))
+    assert verdict == "direction only (n=1): as claimed"
+    assert "fixed (best: fix/ic_ens) 79.37 (n=1)" in text and "±" not in text
+    assert "closest step of the claimed order: independent - fixed +0.32 points" in text
+    swapped = frame([(p, e, s, 0.78 if p == "ind/ic" else a, l) for p, e, s, a, l in rows])
+    assert findings.finding1(swapped)[1] == ("direction only (n=1): partly as claimed: "
+                                             "order is funmatch > consistent > fixed > independent")
+    text, verdict = findings.finding5(frame(rows))
+    assert verdict == "direction only (n=1): as claimed" and text.startswith("funmatch 82.46 (n=1), label-only")
+    mixup = pd.DataFrame([(p, a) for p, a in ((0.0, 0.80), (0.5, 0.84), (1.0, 0.83))], columns=["mixup_p", ACC])
+    assert findings.finding8(mixup)[1] == "direction only (n=1): not as claimed (best p=0.5)"
+    # one group with two seeds is not enough: the fewest seeds of any compared group count
+    uneven = frame(rows + [("funmatch", 300, 1, 0.8250, 0.1)])
+    assert findings.finding1(uneven)[1] == "direction only (n=1): as claimed"
+
+
+def test_the_findings_table_states_n_and_judges_on_last_with_best_beside(tmp_path):
+    """The table reads `last/test/acc`; its last column applies the same rule to `best/test/acc`; one seed per cell
+    gives `direction only (n=1)` in both."""
+    from ablate.store import RunStore
+    from ablate.study import load_study
+    from tests.helpers import fake_runs
+
+    def summary(cell):  # funmatch best on `last`, the label-only student best on `best`
+        acc = {"funmatch": 0.83, "same/ic": 0.82, "ind/ic": 0.81, "fix/ic_ens": 0.80}.get(cell.point["policy"], 0.7)
+        return {ACC: acc, "best/test/acc": 0.9 if cell.point["policy"] == "supervised" else acc,
+                "last/train/loss": 0.1}
+
+    store = RunStore(tmp_path / "store")
+    fake_runs(store, load_study("consistency"), "quick", summary)
+    text = findings.table("quick", store)
+    header, _, *rows = text.splitlines()
+    assert "last test top-1 %" in header and header.rstrip(" |").endswith("same rule on best/test/acc")
+    row1 = next(r for r in rows if r.startswith("| 1 "))
+    assert "funmatch (best: funmatch) 83.00 (n=1)" in row1 and "±" not in row1
+    assert "**direction only (n=1): as claimed** | direction only (n=1): as claimed |" in row1
+    row5 = next(r for r in rows if r.startswith("| 5 "))
+    assert row5.endswith("| **direction only (n=1): as claimed** | direction only (n=1): not as claimed |")
+    assert "A verdict needs at least 2 finished seeds" in text

@@ -10,7 +10,8 @@ import pytest
 from ablate import lanes, optim, xla_flags
 from ablate.config import RunConfig
 from ablate.models import build_model
-from ablate.train import TrainState, compile_cohort_step, predict
+from ablate.evaluate import predict
+from ablate.step import TrainState, compile_cohort_step
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"

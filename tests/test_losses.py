@@ -144,7 +144,7 @@ def test_loss_spec_syntax_error_says_how_to_write_it(bad):
 def test_evaluation_metrics_match_the_losses_at_t1():
     """The KL logged at evaluation (computed on the host, in numpy) is the distillation loss at T=1; the agreements
     count matching top-1 / top-5 predictions."""
-    from ablate.train import eval_metrics
+    from ablate.evaluate import eval_metrics
 
     rng = np.random.default_rng(3)
     s, t = (rng.normal(size=(256, 10)).astype(np.float32) * 8 for _ in range(2))

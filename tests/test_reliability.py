@@ -382,6 +382,7 @@ def test_damaged_run_folder_and_checkpoint(work, reference, tmp_path, capsys):
     assert frame.loc[a, "status"] == "running" and frame.loc[a, "policy"] in ("fix/rs", "supervised")
     out = tmp_path / "report"
     assert main(["report", study, "--store", str(store), "--out", str(out)]) == 0
+    assert f"warning: run {b} is damaged: {store / b / 'status.json'}" in capsys.readouterr().err
     section = (out / "report.md").read_text().split("## Runs that did not finish", 1)[1]
     assert f"| {b} | damaged | - | {store / b / 'status.json'} is damaged" in section
     assert f"| {a} | running |" in section
@@ -392,6 +393,9 @@ def test_damaged_run_folder_and_checkpoint(work, reference, tmp_path, capsys):
     assert main(["run", study, "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert f"checkpoint {ckpt} is damaged" in err and "restarting the run from scratch" in err
+    (warning,) = [line for line in err.splitlines() if f"checkpoint {ckpt} is damaged" in line]
+    assert len(warning) < len(str(ckpt)) + 300, warning  # the reason in one short line, no TensorStore spec or repr
+    assert not any(noise in warning for noise in ("tensorstore_spec", "source locations", "object at 0x"))
     assert f"{store / b / 'status.json'} was damaged" in err
     assert_store_complete(store, reference["ids"])
     ref = RunStore(reference["store"])
@@ -441,16 +445,51 @@ def test_wandb_init_is_bounded_and_falls_back_to_offline_once(tmp_path, monkeypa
     assert sorted(wandb_ids(tmp_path)) == ["relsink1", "relsink2"]
 
 
-def test_unwritable_store_is_a_clear_error_and_loses_nothing(work, reference, tmp_path, capsys):
-    """A store (or report) path under a regular file: exit 1 naming the path, before any run; other stores
-    untouched."""
+def test_a_killed_wandb_run_leaves_its_temporary_folders_in_the_store_not_the_system_temp(tmp_path):
+    """wandb makes tmp*wandb-media and tmp*wandb-artifacts folders on import that only a clean exit removes: a
+    process killed mid-run leaves them in the store's W&B folder, and none in the system's temporary folder."""
+    temp = tmp_path / "system-temp"
+    temp.mkdir()
+    code = ("import os, pathlib, signal\n"
+            "from ablate.tracking import WandbSink\n"
+            "sink = WandbSink('offline', 'ablate', None, pathlib.Path(os.environ['W']))\n"
+            "sink.start('killed1', {'lr': 0.1}, group='g', job_type='distill', tags=[])\n"
+            "sink.log({'step': 0, 'val/acc': 0.5})\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "TMPDIR": str(temp),
+           "W": str(tmp_path / "store" / "wandb")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=300).returncode == -9
+    # (the W&B service's own socket folder, wandb-PID-..., goes when that service sees its parent gone)
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("tmp") and "wandb-" in p.name]
+    assert {p.name[-len("wandb-media"):] for p in (tmp_path / "store" / "wandb" / "tmp").iterdir()} >= {
+        "wandb-media"}
+
+
+def test_unusable_store_is_a_clear_error_and_loses_nothing(work, reference, tmp_path, capsys):
+    """A store that is a file, lies under one, or is read-only: exit 2 naming the path and what to do, before any
+    run, for every command; a report path under a file: exit 1 naming it; other stores untouched."""
     _, study = work
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     before = tree_digest(reference["store"])
-    assert main(["run", study, "--store", str(blocker / "store"), "--wandb", "disabled", "--no-progress"]) == 1
-    err = capsys.readouterr().err
-    assert f"ablate: error: cannot write run store {blocker / 'store'}: Not a directory" in err
+    hint = "choose another folder with --store or $ABLATE_STORE"
+    for store, problem in ((blocker, f"{blocker} is a file, not a folder, so it cannot hold the run store"),
+                           (blocker / "store", f"{blocker} is a file, not a folder, so it cannot hold the run "
+                                               f"store {blocker / 'store'} lies in")):
+        for command in (["run", study, "--wandb", "disabled", "--no-progress"],
+                        ["distill", "--wandb", "disabled", "--no-progress"],
+                        ["report", study, "--out", str(tmp_path / "report")], ["compare"], ["findings"]):
+            assert main([*command, "--store", str(store)]) == 2, command
+            err = capsys.readouterr().err
+            assert f"ablate: error: {problem}; {hint}" in err, (command, err)
+    assert not (tmp_path / "report").exists()
+    assert main(["report", study, "--store", str(tmp_path / "nowhere")]) == 2
+    assert f"run store {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert main(["run", study, "--store", str(locked), "--wandb", "disabled", "--no-progress"]) == 2
+        assert f"cannot write run store {locked}: Permission denied; {hint}" in capsys.readouterr().err
     assert main(["report", study, "--store", str(reference["store"]), "--out", str(blocker / "report")]) == 1
     err += capsys.readouterr().err
     assert f"ablate: error: cannot write output (Not a directory): {blocker / 'report'}" in err
@@ -491,7 +530,7 @@ def test_wandb_credentials_never_leak(reference, work, tmp_path, monkeypatch, ca
     assert main(["report", study, "--store", str(reference["store"]), "--out", str(out)]) == 0
     assert main(["run", study, "--store", str(tmp_path / "f" / "x"), "--wandb", "online", "--preset", "nope"]) == 2
     (tmp_path / "f").write_text("")
-    assert main(["run", study, "--store", str(tmp_path / "f" / "x"), "--wandb", "online", "--no-progress"]) == 1
+    assert main(["run", study, "--store", str(tmp_path / "f" / "x"), "--wandb", "online", "--no-progress"]) == 2
     captured = capsys.readouterr()
     assert SECRET not in reference["log"] + captured.out + captured.err
     for folder in (reference["store"], out):

@@ -1,6 +1,7 @@
 """TFDS-backed datasets: registration under tfds.testing.mock_data, and the real ArrayRecord read path on a tiny dataset."""
 
 import io
+import os
 import pickle
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_real_array_record_path(tiny_dir, monkeypatch):
     # teacher-target cache keys: the same labels read at another size or fit, or another subset with the same
     # labels, are other content
     from ablate.teachers import source_id
-    from ablate.train import _Subset
+    from ablate.stream import _Subset
 
     crop = T.load_tfds("tiny", data_dir=tiny_dir, source_size=24)
     ids = {source_id(crop.train)["content"], source_id(squash.train)["content"], source_id(d.train)["content"]}
@@ -115,11 +116,15 @@ def test_real_array_record_path(tiny_dir, monkeypatch):
     assert source_id(a) != source_id(b)
 
 
-def test_missing_dataset_is_a_clear_data_error(tmp_path):
+def test_missing_dataset_is_a_clear_data_error_and_leaves_no_temporary_folder(tmp_path):
+    import tempfile
+
+    before = set(os.listdir(tempfile.gettempdir()))
     with pytest.raises(DataError, match=r"(?s)does not exist.*tfds build oxford_flowers102 .*--file_format=array_record"):
         load_dataset("oxford_flowers102", data_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"ILSVRC2012_img_train.tar .*downloads/manual"):
         load_dataset("imagenet2012", data_dir=str(tmp_path))
+    assert set(os.listdir(tempfile.gettempdir())) == before  # TFDS's own tmp*tfds folders are removed too
 
 
 def test_fit_image():

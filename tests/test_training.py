@@ -14,8 +14,11 @@ from ablate.losses import kl
 from ablate.models import build_model
 from ablate.policies import POLICIES
 from ablate.teachers import params_fingerprint, run_inputs, save_targets, source_id, targets_key, teacher_logits
-from ablate.train import (TrainState, batches, make_inputs, make_train_step, num_steps, predict, student_source,
-                          train)
+from ablate.config import num_steps
+from ablate.evaluate import predict
+from ablate.step import TrainState, make_inputs, make_train_step
+from ablate.stream import batches, student_source
+from ablate.train import train
 from tests.helpers import no_time
 
 QUIET = dict(progress=False)
@@ -132,6 +135,34 @@ def test_a_changed_teacher_gets_new_targets(teacher, fmnist):
     assert params_fingerprint(teacher.params) == teacher.fingerprint  # the original is untouched
 
 
+def test_another_architecture_with_the_same_parameters_gets_its_own_targets(teacher, fmnist):
+    """The same parameter tree under another definition (other GroupNorm groups) computes other logits, so it must not
+    read the first model's cached targets."""
+    source = fmnist.train.take(np.arange(300))
+    base = teacher_logits(teacher, source, "rs")
+    assert teacher.model.groups != 1
+    regrouped = dataclasses.replace(teacher, model=teacher.model.clone(groups=1))  # same params and fingerprint
+    assert regrouped.fingerprint == teacher.fingerprint
+    assert targets_key(regrouped, source_id(source), "rs") != targets_key(teacher, source_id(source), "rs")
+    got = teacher_logits(regrouped, source, "rs")
+    expect = run(regrouped.model, teacher.params, views.render(source.images, views.resize(None, 300),
+                                                               teacher.resolution))
+    np.testing.assert_allclose(got, np.asarray(expect), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, base, atol=1e-3)
+
+
+def test_train_leaves_the_callers_init_params_usable(fmnist_small):
+    """The step donates its state's buffers: the parameters a caller passes in must survive training, unchanged."""
+    cfg = RunConfig(model="resnet_xs", policy="supervised", subset_per_class=10, batch_size=50, epochs=5,
+                    num_evals=1)
+    model = build_model("resnet_xs", 10)
+    init = jax.jit(model.init)(jax.random.key(3), jnp.zeros((1, 28, 28, 1)))["params"]
+    before = jax.tree.map(np.asarray, init)
+    result = train(cfg, fmnist_small, init_params=init, **QUIET)
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, init), before)  # not deleted, not changed
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, jax.tree.map(np.asarray, result.params), before)))
+
+
 def test_ic_ens_is_the_log_mean_softmax_over_k_inception_crops(teacher, fmnist):
     """fix/ic_ens targets = log(mean_k softmax(teacher(inception crop k))), recomputed by hand with the same keys."""
     source = fmnist.train.take(np.arange(600))  # two chunks of the 500-example loop
@@ -143,7 +174,7 @@ def test_ic_ens_is_the_log_mean_softmax_over_k_inception_crops(teacher, fmnist):
         probs = 0.0
         for j in range(k):
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), start), j)
-            crops = views.inception_crop(key, len(chunk), min_area)
+            crops = views.inception_crop(key, chunk.shape, min_area)
             x = views.render(chunk, crops, teacher.resolution)
             probs = probs + np.asarray(jax.nn.softmax(run(teacher.model, teacher.params, x)), np.float64)
         expect.append(np.log(probs / k))
@@ -155,7 +186,8 @@ def test_ic_ens_is_the_log_mean_softmax_over_k_inception_crops(teacher, fmnist):
     one = teacher_logits(teacher, source, "ic_ens", ens_crops=1, min_area=min_area)
     assert not np.allclose(one, got, atol=1e-3)
     key0 = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
-    x0 = views.render(source.images[:500], views.inception_crop(key0, 500, min_area), teacher.resolution)
+    x0 = views.render(source.images[:500], views.inception_crop(key0, source.images[:500].shape, min_area),
+                      teacher.resolution)
     np.testing.assert_allclose(one[:500], np.asarray(jax.nn.log_softmax(run(teacher.model, teacher.params, x0))), rtol=1e-4, atol=1e-5)
 
 
@@ -291,3 +323,102 @@ def test_resume_from_checkpoint_is_bit_identical(funmatch_run, teacher, fmnist_s
     by_step = {r["step"]: no_time(r) for r in interrupted + rest.history}
     assert by_step == {r["step"]: no_time(r) for r in full.history}  # exact float equality, row by row
     assert no_time(rest.summary) == no_time(full.summary)
+
+
+def test_host_batches_are_the_in_program_batch_indices(fmnist):
+    """The host pipeline's batches and the multi-step program's `batch_indices` are one data order, across epochs."""
+    from ablate.stream import batch_indices, order_key
+
+    cfg = distill_cfg(subset_per_class=7, batch_size=32, epochs=4, policy="fix/rs")
+    source = student_source(cfg, fmnist)
+    ds = batches(source, cfg, num_steps(cfg, len(source)))
+    index = jax.jit(batch_indices, static_argnums=(2, 3))
+    for k in (0, 1, 2, 3, 7):  # 70 examples, 32 a batch: steps 2 and 7 straddle epochs
+        np.testing.assert_array_equal(np.asarray(ds[k]["index"]), np.asarray(index(order_key(cfg.seed), k, 70, 32)))
+
+
+@pytest.fixture(scope="module")
+def one_program_per_step(teacher, fmnist_small):
+    """(run) -> train's result with each step one jitted program and no lanes, in one program per block or not."""
+    import ablate.lanes
+
+    _, eval_teacher = run_inputs(FUNMATCH, fmnist_small, teacher)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ablate.lanes, "count", lambda batch: 1)  # the per-step loop's step as one program, as the block's
+    yield lambda cfg, multi, **kw: train(cfg, fmnist_small, teacher=teacher, eval_teacher=eval_teacher,
+                                         use_multi_step=multi, **QUIET, **kw)
+    mp.undo()
+
+
+@pytest.mark.parametrize("policy", ["funmatch", "fix/rs"])
+def test_the_multi_step_loop_trains_as_the_per_step_loop(one_program_per_step, teacher, fmnist_small, policy):
+    """Blocks of steps run in one program (batches, views, mixup and keys computed inside from the step number) train
+    as the per-step loop does: the same steps, dispatched together. Not bit for bit: XLA compiles a step inside a
+    loop with other rounding (measured: equal for 2 steps, then 1e-6 apart at the 3rd, on an AVX2 EPYC), so the
+    runs use SGD at a small learning rate, whose updates keep rounding differences at rounding size (see
+    tests/test_parallel.py), and their updates must agree to 1% of each tensor's largest."""
+    cfg = FUNMATCH.replace(policy=policy, epochs=4, num_evals=3, optimizer="sgdm", lr=0.03)
+    kw = {}
+    if policy == "fix/rs":
+        kw["targets"], _ = run_inputs(cfg, fmnist_small, teacher)
+    student = build_model(cfg.model, 10)
+    init = jax.jit(student.init)(jax.random.key(cfg.seed), jnp.zeros((1, 28, 28, 1)))["params"]
+    per_step = one_program_per_step(cfg, False, init_params=init, **kw)
+    blocks = one_program_per_step(cfg, True, init_params=init, **kw)
+    for a, b, i in zip(jax.tree.leaves(per_step.params), jax.tree.leaves(blocks.params), jax.tree.leaves(init),
+                       strict=True):
+        update = np.asarray(a) - np.asarray(i)
+        assert np.abs(update).max() > 0
+        np.testing.assert_allclose(np.asarray(b) - np.asarray(i), update, rtol=0, atol=1e-2 * np.abs(update).max())
+    assert [r["step"] for r in blocks.history] == [r["step"] for r in per_step.history] == [0, 13, 27, 40]
+    for a, b in zip(per_step.history, blocks.history):
+        for key in ("val/acc", "test/acc", "val/agree_top1", "train/loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=2e-3), key
+
+
+def test_a_block_resumed_in_its_middle_is_exact(teacher, fmnist_small):
+    """The multi-step program from step 0 for 30 steps equals 13 steps, then the 17 from step 13: any block can
+    start anywhere (a resume, or a block cut at a checkpoint), as a step's inputs depend on its number alone."""
+    from ablate.step import Resident, make_cohort_step, make_multi_step
+    from ablate.stream import order_key
+
+    cfg = FUNMATCH.replace(epochs=3)
+    source = student_source(cfg, fmnist_small)
+    student = build_model(cfg.model, 10)
+    opt = optim.paper_optimizer(cfg.lr, cfg.wd, 30, 3, cfg.clip)
+    params = jax.jit(student.init)(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    fresh = lambda: (TrainState(jax.tree.map(jnp.array, params), opt.init(params), jnp.int32(0)),)  # noqa: E731
+    resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed),
+                        jax.random.key(cfg.seed))
+    multi = jax.jit(make_multi_step(make_cohort_step([cfg], [student], teacher.model, [opt], 10, 28, 28),
+                                    cfg.batch_size))
+    whole, sums, bad = multi(fresh(), teacher.params, None, resident, 0, 30)
+    head, sums_a, _ = multi(fresh(), teacher.params, None, resident, 0, 13)
+    split, sums_b, _ = multi(head, teacher.params, None, resident, 13, 17)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(split), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(bad[0]) == -1 and int(whole[0].step) == 30
+    np.testing.assert_allclose(np.asarray(sums), np.asarray(sums_a + sums_b), rtol=1e-6)
+
+
+def test_runs_of_any_length_share_one_step_program(teacher, fmnist_small):
+    """The schedule's length is optimiser state, not a constant of the program: the multi-step program of a
+    10-epoch and of a 3,000-epoch run is the same program (one compilation, shared through XLA's cache)."""
+    from ablate.step import Resident, make_cohort_step, make_multi_step
+    from ablate.stream import order_key
+
+    texts = []
+    for epochs in (10, 3000):
+        cfg = FUNMATCH.replace(epochs=epochs)
+        source = student_source(cfg, fmnist_small)
+        total = num_steps(cfg, len(source))
+        student = build_model(cfg.model, 10)
+        opt = optim.paper_optimizer(cfg.lr, cfg.wd, total, round(cfg.warmup_frac * total), cfg.clip)
+        params = jax.eval_shape(student.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+        states = (TrainState(params, jax.eval_shape(opt.init, params), jax.ShapeDtypeStruct((), jnp.int32)),)
+        resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed),
+                            jax.random.key(cfg.seed))
+        multi = make_multi_step(make_cohort_step([cfg], [student], teacher.model, [opt], 10, 28, 28), cfg.batch_size)
+        texts.append(jax.jit(multi).lower(states, teacher.params, None, resident, 0, 5).as_text())
+    assert texts[0] == texts[1]

@@ -8,7 +8,7 @@ import pytest
 from ablate import views
 from ablate.config import RunConfig
 from ablate.policies import POLICIES
-from ablate.train import make_inputs
+from ablate.step import make_inputs
 from ablate.views import Crops
 
 N = 4000
@@ -41,9 +41,11 @@ def expected_ramp(crops, resolution, size=28):
 # ----------------------------------------------------------------------------- crop boxes
 
 @pytest.mark.parametrize("name", sorted(views.VIEWS))
-def test_crop_boxes_lie_inside_the_image(name):
-    """Every view's boxes (y0, x0, h, w) have positive size and lie within [0, 1] of the source image."""
-    c = views.VIEWS[name](KEY, N)
+@pytest.mark.parametrize("batch_of", [N, (N, 28, 28, 1)])
+def test_crop_boxes_lie_inside_the_image(name, batch_of):
+    """Every view's boxes (y0, x0, h, w) have positive size and lie within [0, 1] of the source image, whether the
+    draw is given the batch size or the shape of its images."""
+    c = views.VIEWS[name](KEY, batch_of)
     b = np.asarray(c.boxes)
     assert b.shape == (N, 4) and c.flips.shape == (N,)
     y0, x0, h, w = b.T
@@ -72,27 +74,31 @@ def test_random_crop_is_a_mild_crop_with_random_position_and_flip():
 
 @pytest.mark.parametrize("min_area", [0.05, 0.25])
 def test_inception_crop_area_and_aspect(min_area):
-    """ic areas lie in [min_area, 1] and span it; unclipped boxes have aspect w/h in [3/4, 4/3], spanning it."""
-    c = views.inception_crop(KEY, N, min_area)
-    y0, x0, h, w = np.asarray(c.boxes).T
-    area = h * w
-    assert (area >= min_area * (1 - 1e-5)).all() and (area <= 1 + 1e-6).all()
-    assert area.min() < min_area + 0.02 and area.max() > 0.95
-    unclipped = (h < 1) & (w < 1)
-    assert unclipped.mean() > 0.8
-    aspect = w[unclipped] / h[unclipped]
-    assert (aspect >= 0.75 * (1 - 1e-5)).all() and (aspect <= 4 / 3 * (1 + 1e-5)).all()
+    """ic boxes on a 28 px image are whole pixels with areas in [min_area, 1], spanning it, and aspect w/h in
+    [0.75, 1.33] up to the rounding of the width to a pixel (TF: width = round(height * r)), spanning it."""
+    c = views.inception_crop(KEY, (N, 28, 28, 1), min_area)
+    px = np.asarray(c.boxes, np.float64) * 28
+    np.testing.assert_allclose(px, np.rint(px), atol=1e-4)
+    y0, x0, h, w = np.rint(px).astype(int).T
+    area = h * w / 28 ** 2
+    assert (area >= min_area).all() and (area <= 1).all()
+    assert area.min() < min_area + 0.02 and area.max() == 1
+    aspect = w / h
+    assert (np.abs(w - np.clip(h * aspect, 0.75 * h, 1.33 * h)) <= 0.5).all()  # w = round(h * r), r in range
     assert aspect.min() < 0.77 and aspect.max() > 1.3
     assert 0.45 < np.asarray(c.flips).mean() < 0.55
 
 
 def test_inception_crop_position_is_random_within_the_free_range():
-    """ic boxes are placed anywhere they fit: offsets relative to the free space span [0, 1]."""
-    c = views.inception_crop(KEY, N, 0.05)
-    y0, x0, h, w = np.asarray(c.boxes).T
-    small = (h < 0.5) & (w < 0.5)
-    ry, rx = y0[small] / (1 - h[small]), x0[small] / (1 - w[small])
-    assert ry.min() < 0.02 and ry.max() > 0.98 and rx.min() < 0.02 and rx.max() > 0.98
+    """ic boxes are placed at every whole-pixel offset TF draws: y in [0, 28 - h) (the last, flush with the edge,
+    only when the box spans the side), spanning it; likewise x."""
+    c = views.inception_crop(KEY, (N, 28, 28, 1), 0.05)
+    y0, x0, h, w = np.rint(np.asarray(c.boxes, np.float64) * 28).astype(int).T
+    for off, side in ((y0, h), (x0, w)):
+        assert ((off >= 0) & ((off < 28 - side) | ((off == 0) & (side == 28)))).all()
+        small = side < 14
+        rel = off[small] / (28 - side[small] - 1)
+        assert rel.min() == 0 and rel.max() == 1 and 0.4 < rel.mean() < 0.6
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -178,10 +184,10 @@ def test_mix_pairs_each_example_with_the_previous_one():
 CFG = RunConfig(teacher="fmnist_xs", mixup_p=1.0, ic_min_area=0.25)
 
 
-def draw(policy, key, n):
-    """The crops make_inputs draws for this key (it splits the key into a view key and a mixup key)."""
+def draw(policy, key, images):
+    """The crops make_inputs draws for this key (it splits the key into a view key and a mixup key) and batch."""
     kv, km = jax.random.split(key)
-    return policy.draw(kv, n, CFG), km
+    return policy.draw(kv, images.shape, CFG), km
 
 
 @pytest.mark.parametrize("name", ["same/rc", "same/ic", "funmatch"])
@@ -201,7 +207,7 @@ def test_consistent_policies_at_a_higher_teacher_resolution_use_the_same_crop(ba
     images, labels = batch
     key = jax.random.key(3)
     xs, xt, _, coef = make_inputs(POLICIES.get(name), CFG, images, labels, key, 28, 42)
-    (s_crops, t_crops), _ = draw(POLICIES.get(name), key, len(images))
+    (s_crops, t_crops), _ = draw(POLICIES.get(name), key, images)
     np.testing.assert_array_equal(np.asarray(s_crops.boxes), np.asarray(t_crops.boxes))
     np.testing.assert_array_equal(np.asarray(s_crops.flips), np.asarray(t_crops.flips))
     assert xt.shape == (16, 42, 42, 1) and xs.shape == (16, 28, 28, 1)
@@ -217,7 +223,7 @@ def test_independent_policies_give_different_views_of_the_same_image(batch, name
     images, labels = batch
     key = jax.random.key(5)
     xs, xt, out_labels, coef = make_inputs(POLICIES.get(name), CFG, images, labels, key, 28, 28)
-    (s_crops, t_crops), _ = draw(POLICIES.get(name), key, len(images))
+    (s_crops, t_crops), _ = draw(POLICIES.get(name), key, images)
     offsets_differ = np.abs(np.asarray(s_crops.boxes)[:, :2] - np.asarray(t_crops.boxes)[:, :2]).max(1) > 1e-4
     assert offsets_differ.all()  # every example gets its own, independent pair of crops
     np.testing.assert_array_equal(np.asarray(xs), np.asarray(views.render(images, s_crops, 28)))
@@ -235,7 +241,7 @@ def test_funmatch_mixes_both_models_with_one_coefficient_and_pairing(batch, t_re
     images, labels = batch
     key = jax.random.key(11)
     xs, xt, out_labels, coef = make_inputs(POLICIES.get("funmatch"), CFG, images, labels, key, 28, t_res)
-    (crops, _), km = draw(POLICIES.get("funmatch"), key, len(images))
+    (crops, _), km = draw(POLICIES.get("funmatch"), key, images)
     c = float(coef)
     assert 0.5 <= c < 1.0
     assert c == float(views.mixup_coefficient(km, CFG.mixup_p))

@@ -16,8 +16,11 @@ nothing here downloads. TensorFlow is never imported.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
+import re
+import tempfile
 import unittest.mock
 
 import numpy as np
@@ -67,18 +70,35 @@ MANUAL = {"imagenet2012": ("ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar 
                            "download-images (registration required)")}
 
 
+_SPLIT = re.compile(r"(?P<name>[\w-]+)(?:\[(?P<start>-?[\d_.]+%?)?:(?P<stop>-?[\d_.]+%?)?\])?")
+
+
 def split_size(split: str, num_examples: dict) -> int | None:
-    """Examples selected by a TFDS split string ('train', 'train[:90%]', 'a+b'), by TFDS's own slicing rules."""
-    import types
+    """Examples selected by a TFDS split string ('train', 'train[:90%]', 'train[-500:]', 'a+b'), by TFDS's
+    slicing rules, without importing TFDS (a second); tests check it against TFDS. None for a split not in
+    `num_examples` or a form not read here (shards, 'all')."""
+    total = 0
+    for part in re.split(r"\s*\+\s*", split):
+        m = _SPLIT.fullmatch(part)
+        if m is None or m["name"] not in num_examples or ("[" in part and not (m["start"] or m["stop"])):
+            return None
+        n, percent = num_examples[m["name"]], "%" in part
+        try:
+            total += _boundary(m["stop"], n, n, percent) - _boundary(m["start"], 0, n, percent)
+        except ValueError:
+            return None
+    return total
 
-    import tensorflow_datasets as tfds
 
-    try:
-        instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-            {k: types.SimpleNamespace(num_examples=n) for k, n in num_examples.items()})
-    except (ValueError, KeyError, AssertionError):
-        return None
-    return sum((num_examples[i.splitname] if i.to is None else i.to) - (i.from_ or 0) for i in instructions)
+def _boundary(text: str | None, default: int, n: int, percent: bool) -> int:
+    """One end of a slice of n examples as an index in [0, n]: a percent rounds to the closest example, a
+    negative end counts from the end (TFDS's rules); ValueError for one outside the split."""
+    if text is None:
+        return default
+    value = round(float(text.rstrip("%")) * n / 100.0) if percent else int(text)
+    if abs(value) > n:
+        raise ValueError(f"slice end {text} outside a split of {n} examples")
+    return n + value if value < 0 else value
 
 
 def known_facts(name: str) -> dict | None:
@@ -107,6 +127,19 @@ def how_to_prepare(name: str, data_dir: str | None) -> str:
             f"file_format='array_record').download_and_prepare()`. Then pass data_dir=... or set $TFDS_DATA_DIR.")
 
 
+@contextlib.contextmanager
+def _own_tempdir():
+    """Temporary files made meanwhile go to a folder removed afterwards: a TFDS builder of a dataset whose info is
+    not prepared makes a `tmp*tfds` folder (DatasetInfo.initialize_from_bucket) that it never removes."""
+    before = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="ablate-tfds-") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+
+
 def open_data_source(name: str, split: str, data_dir: str | None, decoders=None):
     """`tfds.data_source` that never downloads and turns any failure into a DataError saying how to prepare."""
     import tensorflow_datasets as tfds
@@ -115,7 +148,8 @@ def open_data_source(name: str, split: str, data_dir: str | None, decoders=None)
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns about folders it probes; a failure says it all below
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
+        with _own_tempdir():
+            return tfds.data_source(name, split=split, data_dir=data_dir, download=False, decoders=decoders)
     except Exception as e:  # noqa: BLE001 - tfds raises many types (not found, wrong format, bad split)
         root = os.path.join(data_dir or os.path.expanduser("~/tensorflow_datasets"), name.split("/")[0])
         detail = str(e).split("\nAvailable datasets:")[0][:600]  # DatasetNotFoundError lists every dataset

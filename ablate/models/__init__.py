@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
+from typing import TYPE_CHECKING
 
-from ablate.models.resnet import ResNetV2
 from ablate.registry import Registry
+
+if TYPE_CHECKING:  # flax is imported by the builders, when a model is built: `ablate list` needs no jax
+    import flax.linen as nn
 
 MODELS: Registry = Registry("model")
 
@@ -17,6 +19,8 @@ def build_model(name: str, num_classes: int) -> nn.Module:
 @MODELS.register("resnet_t")
 def resnet_t(num_classes: int) -> nn.Module:
     """Default teacher for 28 px images: basic ResNetV2, widths 32/64/128, one unit per stage (~308k params)."""
+    from ablate.models.resnet import ResNetV2
+
     return ResNetV2(num_classes, (1, 1, 1), (32, 64, 128), unit="basic", root="small",
                     root_width=32, root_stride=2, groups=8)
 
@@ -24,6 +28,8 @@ def resnet_t(num_classes: int) -> nn.Module:
 @MODELS.register("resnet_s")
 def resnet_s(num_classes: int) -> nn.Module:
     """Default student for 28 px images: basic ResNetV2, widths 12/24/48, one unit per stage (~44k params)."""
+    from ablate.models.resnet import ResNetV2
+
     return ResNetV2(num_classes, (1, 1, 1), (12, 24, 48), unit="basic", root="small",
                     root_width=12, root_stride=2, groups=4)
 
@@ -31,12 +37,16 @@ def resnet_s(num_classes: int) -> nn.Module:
 @MODELS.register("resnet_xs")
 def resnet_xs(num_classes: int) -> nn.Module:
     """Tiny model for tests and smoke runs: widths 8/16/32, one unit per stage (~20k params)."""
+    from ablate.models.resnet import ResNetV2
+
     return ResNetV2(num_classes, (1, 1, 1), (8, 16, 32), unit="basic", root="small",
                     root_width=8, root_stride=2, groups=4)
 
 
 def _bit(depths, width):
     def build(num_classes: int) -> nn.Module:
+        from ablate.models.resnet import ResNetV2
+
         return ResNetV2(num_classes, depths, tuple(64 * width * 2**i for i in range(4)),
                         unit="bottleneck", root="bit", root_width=64 * width)
 

@@ -7,10 +7,9 @@ area, mixup with p = 1, the whole train split, and per dataset the
 (epochs, T, lr, wd) of the paper's fast / medium / long settings.
 """
 
-from ablate.config import RunConfig
+from ablate.config import RunConfig, num_steps
 from ablate.data.tfds import SPECS
 from ablate.study import Study
-from ablate.train import num_steps
 
 SCHEDULE_FIELDS = ("epochs", "temperature", "lr", "wd", "warmup_frac")
 ALL_POLICIES = ["fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic", "funmatch"]
@@ -45,7 +44,7 @@ def paper_study(name: str, dataset: str, teacher: str, question: str, table: dic
         question=question,
         base=dict(dataset=dataset, teacher=teacher, model="bit_r50x1", loss="kl", batch_size=batch_size,
                   resolution=resolution, mixup_p=1.0, ic_min_area=0.05, subset_per_class=None, optimizer="adam",
-                  clip=1.0, num_evals=20, **base),
+                  clip=1.0, num_evals=20, eval_spacing="log", **base),  # schedules over decades, read on a log axis
         axes=dict(policy=policies),
         zipped=(zipped,),
         seeds=1,

@@ -1,0 +1,229 @@
+"""The training step, as pure functions: views -> teacher -> student -> loss -> update.
+
+`make_cohort_step` is the step's mathematics, for one run or a cohort of runs
+that share their inputs; the other functions only choose how it is executed
+(one jitted program, or each batch's rows split over lanes on CPU).
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ablate import lanes as lanes_lib
+from ablate import views
+from ablate.config import RunConfig, content_hash
+from ablate.losses import LossSpec
+from ablate.policies import POLICIES, Policy
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+
+def make_inputs(policy: Policy, cfg: RunConfig, images, labels, key, s_res: int, t_res: int):
+    """Render one batch for both models: (student input, teacher input or None, soft labels, mixup coef)."""
+    kv, km = jax.random.split(key)
+    s_crops, t_crops = policy.draw(kv, images.shape, cfg)  # the shape: inception boxes are whole source pixels
+    xs = views.render(images, s_crops, s_res)
+    xt = None
+    if t_crops is not None:
+        same = t_crops is s_crops and t_res == s_res
+        xt = xs if same else views.render(images, t_crops, t_res)
+    coef = jnp.float32(1.0)
+    if policy.mixup:
+        coef = views.mixup_coefficient(km, cfg.mixup_p)
+        xs, labels = views.mix(xs, coef), views.mix(labels, coef)
+        xt = None if xt is None else views.mix(xt, coef)
+    return xs, xt, labels, coef
+
+
+MEMBER_FIELDS = ("model", "loss", "temperature", "label_smoothing", "lr", "wd", "warmup_frac", "optimizer", "clip",
+                 "init", "init_seed")
+"""Config fields only the student side reads. Runs that differ in nothing else see identical inputs at every step."""
+
+
+def shared_inputs(cfg: RunConfig) -> str:
+    """Equal for runs that can train as one cohort: same data order, views, mixup and teacher outputs at every step."""
+    canonical = RunConfig.from_dict(cfg.to_dict()).to_dict()  # ints given for float fields become floats
+    return content_hash({k: v for k, v in canonical.items() if k not in MEMBER_FIELDS})
+
+
+def cohort_key(cfg: RunConfig) -> str | None:
+    """Equal for runs worth training as one cohort; None for a run that trains alone.
+
+    Only policies that run the teacher during training form cohorts: sharing its
+    forward pass is what pays (benchmarks/bench_seeds.py: 1.4-1.8x for 4 funmatch
+    students, ~1.0x for fixed-teacher ones).
+    """
+    return shared_inputs(cfg) if POLICIES.get(cfg.policy).runs_teacher else None
+
+
+def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
+                  optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
+    """A cohort's step in three pure parts: `inputs` (views, mixup, fixed targets) of a whole batch; `grads`,
+    each member's loss and gradient on some of its rows (after the teacher's forward on them), the loss a
+    batch mean times `scale`; `update`, each member's update from the sum of its rows' gradients."""
+    if len({shared_inputs(c) for c in cfgs}) != 1:
+        raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
+    policy = POLICIES.get(cfgs[0].policy)
+    members = [(student, LossSpec.parse(c.loss), dict(temperature=c.temperature, label_smoothing=c.label_smoothing),
+                optimizer) for c, student, optimizer in zip(cfgs, students, optimizers, strict=True)]
+
+    def inputs(targets, batch, key):
+        labels = jax.nn.one_hot(batch["label"], num_classes)
+        xs, xt, labels, _ = make_inputs(policy, cfgs[0], batch["image"], labels, key, s_res, t_res)
+        zt = targets[batch["index"]] if policy.fixed_view is not None else None
+        return xs, xt, labels, zt
+
+    def grads(params, teacher_params, xs, xt, labels, zt, scale: float = 1.0):
+        if policy.runs_teacher:
+            zt = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, xt))
+        elif zt is None:
+            zt = jnp.zeros_like(labels)  # label-only losses never read it
+        out = []
+        for p, (student, spec, hp, _) in zip(params, members):
+            def loss_fn(p, student=student, spec=spec, hp=hp):
+                loss = jnp.mean(spec(student.apply({"params": p}, xs), zt, labels, **hp))
+                return loss if scale == 1.0 else loss * scale
+            out.append(jax.value_and_grad(loss_fn)(p))
+        return tuple(out)
+
+    def update(states, parts):  # parts: per lane (rows), per member, (loss, grads)
+        new_states, losses = [], []
+        for j, (state, (_, _, _, optimizer)) in enumerate(zip(states, members)):
+            loss = functools.reduce(operator.add, [lane[j][0] for lane in parts])
+            g = jax.tree.map(lambda *a: functools.reduce(operator.add, a), *[lane[j][1] for lane in parts])
+            updates, opt_state = optimizer.update(g, state.opt_state, state.params)
+            new_states.append(TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1))
+            losses.append(loss)
+        return tuple(new_states), jnp.stack(losses)
+
+    return inputs, grads, update
+
+
+def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
+                     optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
+    """The pure step of a cohort, `(states, teacher_params, targets, batch, key) -> (states, losses)`.
+
+    The views, mixup and the teacher's forward pass are computed once and serve
+    every member (runs with one `shared_inputs`); each member then takes its own
+    loss, gradient and update. Members are unrolled, not vmapped: they may be
+    different models, and on CPU a vmapped convolution becomes a slow grouped
+    one (benchmarks/bench_seeds.py).
+    """
+    inputs, grads, update = _cohort_parts(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
+
+    def step(states, teacher_params, targets, batch, key):
+        xs, xt, labels, zt = inputs(targets, batch, key)
+        return update(states, [grads(tuple(s.params for s in states), teacher_params, xs, xt, labels, zt)])
+
+    return step
+
+
+def make_lane_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
+                   optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int,
+                   lanes: int):
+    """`make_cohort_step`'s step, compiled, with each batch's rows split over `lanes` threads (ablate/lanes.py).
+
+    Three programs: the inputs of the whole batch (views and mixup need all of
+    it), each lane's teacher forward, loss and gradient on its rows (one program,
+    run by every lane at once), and the update from the lanes' summed gradients,
+    which takes over (donates) the states.
+    """
+    inputs, grads, update = _cohort_parts(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
+    split = jax.jit(lambda *a: tuple(None if x is None else tuple(jnp.split(x, lanes)) for x in inputs(*a)))
+    lane_grads = jax.jit(functools.partial(grads, scale=1.0 / lanes))
+    apply = jax.jit(update, donate_argnums=(0,))
+
+    def step(states, teacher_params, targets, batch, key):
+        xs, xt, labels, zt = split(targets, batch, key)
+        params = tuple(s.params for s in states)
+        rows = [(xs[k], None if xt is None else xt[k], labels[k], None if zt is None else zt[k]) for k in range(lanes)]
+        parts = lanes_lib.run(lane_grads, [(params, teacher_params, *r) for r in rows])
+        return apply(states, parts)
+
+    return step
+
+
+def compile_cohort_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res: int, lanes: int):
+    """The cohort's step ready to call: in lanes where `lanes` > 1, else one jitted program donating the states."""
+    if lanes > 1:
+        return make_lane_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res, lanes)
+    return jax.jit(make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res),
+                   donate_argnums=(0,))
+
+
+class Resident(NamedTuple):
+    """A run's training set on the device, with what a multi-step program needs to draw its batches there."""
+
+    images: jax.Array
+    labels: jax.Array
+    order: jax.Array  # the run's data-order key (`ablate.stream.order_key`)
+    views: jax.Array  # the base key of its views and mixup, folded with the step (as the per-step loop does)
+
+
+def make_multi_step(cohort_step, batch_size: int):
+    """`cohort_step` run for `count` steps from step `start` in one program: `(states, teacher_params, targets,
+    resident, start, count) -> (states, loss_sums, first_bad)`.
+
+    Each step's batch indices, key and so views and mixup are computed in the program from the step number
+    (`ablate.stream.batch_indices`), so the data order stays a pure function of the step: the same steps as the
+    per-step loop, which draws them on the host, and a resume can start anywhere. Per member, the program
+    returns the sum of its losses and the first step whose loss was not finite (-1: none). `start` and `count`
+    are inputs, so one compiled program serves every block of every run of the same shapes.
+    """
+    from ablate.stream import batch_indices
+
+    def multi_step(states, teacher_params, targets, resident: Resident, start, count):
+        size = resident.labels.shape[0]
+
+        def body(k, carry):
+            states, loss_sums, first_bad = carry
+            step = start + k
+            idx = batch_indices(resident.order, step, size, batch_size)
+            batch = {"image": resident.images[idx], "label": resident.labels[idx], "index": idx}
+            states, losses = cohort_step(states, teacher_params, targets, batch,
+                                         jax.random.fold_in(resident.views, step))
+            return (states, *accumulate(loss_sums, first_bad, losses, step))
+
+        return jax.lax.fori_loop(0, count, body, (states, *no_losses(len(states))))
+
+    return multi_step
+
+
+def no_losses(members: int) -> tuple[jax.Array, jax.Array]:
+    """`accumulate`'s start: no loss summed, no step found non-finite (-1), per member."""
+    return jnp.zeros((members,), jnp.float32), jnp.full((members,), -1, jnp.int32)
+
+
+def accumulate(loss_sums, first_bad, losses, step):
+    """Add one step's losses (one per member) to their sums, and note the first step whose loss is not finite."""
+    bad = (~jnp.isfinite(losses)) & (first_bad < 0)
+    return loss_sums + losses, jnp.where(bad, step, first_bad).astype(jnp.int32)
+
+
+def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
+                    optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res: int):
+    """The pure training step of one run, `(state, teacher_params, targets, batch, key) -> (state, loss)`."""
+    return one_run(make_cohort_step([cfg], [student], teacher, [optimizer], num_classes, s_res, t_res))
+
+
+def one_run(cohort_step):
+    """A one-member cohort's step with one run's signature, `(state, ...) -> (state, loss)`."""
+    def step(state: TrainState, teacher_params, targets, batch, key):
+        (state,), losses = cohort_step((state,), teacher_params, targets, batch, key)
+        return state, losses[0]
+
+    return step
+
+

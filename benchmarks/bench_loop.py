@@ -1,0 +1,70 @@
+"""Benchmark: the training loop, one dispatch a step vs blocks of steps in one program (`ablate.step.make_multi_step`).
+
+Whole `ablate.train.train` calls of a default funmatch run (resnet_t -> resnet_s, batch 128, 500 images, ~100
+steps, one evaluation on 1,000-image splits, so the loop dominates), timed alternately in one process:
+`per_step` dispatches each step as one jitted program (no lanes), `blocks` runs the steps between evaluations in
+one program (the training set on the device, batches and views drawn inside), and `lanes` is the per-step loop
+in lanes, the default on a few CPU cores. The figures are medians of time per_step / time blocks and
+time lanes / time blocks. The teacher has random weights: throughput does not depend on what it learnt.
+
+    .venv/bin/python -m benchmarks.bench_loop [--reps 5] [--block-s 20] [--epochs 25]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from benchmarks import common
+
+
+def main(argv=None) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import ablate.lanes
+    from ablate import xla_flags
+    from ablate.config import RunConfig
+    from ablate.evaluate import Frozen
+    from ablate.models import build_model
+    from ablate.train import train
+
+    ap = common.parser(__doc__, block_s=20.0, impls=None)
+    ap.add_argument("--epochs", type=float, default=25.0, help="epochs over 500 images (25: 97 steps at batch 128)")
+    args = ap.parse_args(argv)
+    data = common._fashion_mnist()
+    data = dataclasses.replace(data, val=data.val.take(np.arange(1000)), test=data.test.take(np.arange(1000)))
+    t_model = build_model("resnet_t", 10)
+    t_params = common.randomise_head(t_model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"], 2)
+    teacher = Frozen(t_model, jax.device_put(t_params), 28)
+    cfg = RunConfig(policy="funmatch", subset_per_class=50, epochs=args.epochs, num_evals=1)
+    lanes = ablate.lanes.count
+
+    def loop(multi: bool, in_lanes: bool):
+        def run(n: int) -> None:
+            ablate.lanes.count = lanes if in_lanes else (lambda batch: 1)
+            try:
+                for _ in range(n):
+                    train(cfg, data, teacher=teacher, progress=False, use_multi_step=multi)
+            finally:
+                ablate.lanes.count = lanes
+        return run
+
+    contenders = {"per_step": loop(False, False), "blocks": loop(True, False), "lanes": loop(False, True)}
+    for fn in contenders.values():
+        fn(1)  # compile (or load from the persistent cache) outside the timing
+    print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s "
+          f"(lanes in this process: {xla_flags.lanes_in_effect})")
+    times = common.alternate(contenders, args.reps, args.block_s)
+    summary = {"per_step_over_blocks": common.ratio(times["per_step"], times["blocks"]),
+               "lanes_over_blocks": common.ratio(times["lanes"], times["blocks"]),
+               "s_per_run": {k: common.spread(v) for k, v in times.items()},
+               "lanes": xla_flags.lanes_in_effect, "backend": jax.default_backend()}
+    print(f"  time per_step / time blocks = {common.fmt(summary['per_step_over_blocks'])}; "
+          f"time lanes / time blocks = {common.fmt(summary['lanes_over_blocks'])}")
+    common.save("loop", {"config": vars(args), "times_s": times, "summary": summary})
+    return summary
+
+
+if __name__ == "__main__":
+    main()
