@@ -133,9 +133,9 @@ class RunStore:
         for folder in (self.root, *self.root.parents):
             if folder.exists():
                 if not folder.is_dir():
-                    what = "the run store" if folder == self.root else f"the run store {self.root} lies in"
-                    raise StoreLocationError(f"{folder} is a file, not a folder, so it cannot hold {what}; "
-                                             f"{STORE_HINT}")
+                    what = ("it cannot be the run store" if folder == self.root
+                            else f"the run store {self.root} cannot be made inside it")
+                    raise StoreLocationError(f"{folder} is a file, not a folder, so {what}; {STORE_HINT}")
                 return
 
     # -- writing (the caller holds the cell's lock)

@@ -124,10 +124,10 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     states = dp.replicate(tuple(TrainState(p, jax.jit(o.init)(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
     lanes = lanes_lib.count(cfg.batch_size)
     t_model = teacher.model if teacher else None
+    base_key = jax.random.key(cfg.seed)  # of the views and mixup, folded with the step
     resident, multi_step, step_fn = None, None, None
     if multi_step_ok(source, dp, lanes) if use_multi_step is None else use_multi_step:
-        resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed),
-                            jax.random.key(cfg.seed))
+        resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed), base_key)
         cohort_step = make_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res)
         multi_step = jax.jit(make_multi_step(cohort_step, cfg.batch_size), donate_argnums=(0,))
     else:
@@ -136,7 +136,6 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     targets = None if targets is None else dp.replicate(jnp.asarray(targets))
     if policy.fixed_view is not None and targets is None:
         raise ValueError(f"policy {cfg.policy} needs the fixed teacher's targets")
-    base_key = jax.random.key(cfg.seed)
     eval_steps = evaluation_steps(total, cfg.num_evals, cfg.eval_spacing)
 
     trackers = [{"best_val": -1.0, "best": {}, "last": {}, "loss_sum": 0.0, "loss_count": 0} for _ in members]

@@ -473,9 +473,9 @@ def test_unusable_store_is_a_clear_error_and_loses_nothing(work, reference, tmp_
     blocker.write_text("not a folder")
     before = tree_digest(reference["store"])
     hint = "choose another folder with --store or $ABLATE_STORE"
-    for store, problem in ((blocker, f"{blocker} is a file, not a folder, so it cannot hold the run store"),
-                           (blocker / "store", f"{blocker} is a file, not a folder, so it cannot hold the run "
-                                               f"store {blocker / 'store'} lies in")):
+    for store, problem in ((blocker, f"{blocker} is a file, not a folder, so it cannot be the run store"),
+                           (blocker / "store", f"{blocker} is a file, not a folder, so the run store "
+                                               f"{blocker / 'store'} cannot be made inside it")):
         for command in (["run", study, "--wandb", "disabled", "--no-progress"],
                         ["distill", "--wandb", "disabled", "--no-progress"],
                         ["report", study, "--out", str(tmp_path / "report")], ["compare"], ["findings"]):
