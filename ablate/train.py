@@ -83,10 +83,13 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
 
 
 def multi_step_ok(source, dp: parallel.DataParallel, lanes: int) -> bool:
-    """Whether a run trains its blocks of steps in one program (`ablate.step.make_multi_step`): where its training
-    set fits on its one device (an in-memory source) and a step is one program (no lanes: on a few CPU cores each
-    step's rows are split over threads instead, which is faster there). TFDS sources keep their host pipeline."""
-    return isinstance(source, ArraySource) and dp.size == 1 and lanes == 1
+    """Whether a run trains its blocks of steps in one program (`ablate.step.make_multi_step`): on an accelerator,
+    where its training set fits on its one device (an in-memory source) and a step is one program. Not on CPU:
+    there XLA runs a step inside a loop about 3x slower than the same step dispatched alone
+    (benchmarks/bench_loop.py, 2026-12-07), and lanes split each step's rows over threads. TFDS sources keep
+    their host pipeline."""
+    return (isinstance(source, ArraySource) and dp.size == 1 and lanes == 1
+            and jax.default_backend() != "cpu")
 
 
 def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen | None = None,
