@@ -184,7 +184,6 @@ def _import_wandb(directory: pathlib.Path | None):
     temporary folder."""
     import contextlib
     import importlib
-    import sys
     import tempfile
 
     if "wandb" in sys.modules or directory is None:
