@@ -344,12 +344,9 @@ def cmd_report(args) -> None:
     from ablate import report
     from ablate.study import load_study
 
-    study, store = load_study(args.study), _store_to_read(args)
-    out = report.render(study, args.preset, source=args.source, store=store, out_dir=args.out, called=args.study)
+    out = report.render(load_study(args.study), args.preset, source=args.source, store=_store_to_read(args),
+                        out_dir=args.out, called=args.study)
     print(f"report written to {out / 'report.md'}")
-    runs, _, _ = report.study_frames(study, args.preset, args.source, store)
-    for line in report.damaged_lines(runs):  # also in report.md; said here so that it is not missed
-        print(line, file=sys.stderr)
 
 
 def cmd_findings(args) -> None:

@@ -49,9 +49,9 @@ class Machine:
 # A step of the embedded models (resnet_t -> resnet_s) took 2.3-3.2 ms on an NVIDIA H200 at batch 128 and 1024
 # alike (benchmarks/README.md, GPU): that floor is taken for every NVIDIA row; none is known for TPUs.
 GPU_STEP_S = 2.5e-3
-# No run's fixed cost has been measured on a GPU: the CPU's (CpuModel below) is taken, as starting a run, loading
-# its programs and logging it are host work.
-GPU_RUN_S = 22.0
+# A run's fixed cost, measured on CPU (see `CPU` below); taken for GPUs too, where none has been measured, as
+# starting a run, loading its programs and logging it are host work.
+RUN_S = 22.0
 
 
 # Our models are float32. JAX runs float32 matmuls/convolutions as TF32 on NVIDIA GPUs by default, so that is
@@ -59,11 +59,11 @@ GPU_RUN_S = 22.0
 # README's Performance section). TPUs are not listed: no step time of ablate's has been measured on one.
 MACHINES = {
     "nvidia-a100": Machine(1, 156e12, 0.4, "A100: 156 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step, 22 s a run",
-                           GPU_STEP_S, GPU_RUN_S),
+                           GPU_STEP_S, RUN_S),
     "nvidia-h100": Machine(1, 495e12, 0.4, "H100 SXM: 495 TFLOP/s TF32 peak x 40%, >= 2.5 ms a step, 22 s a run",
-                           GPU_STEP_S, GPU_RUN_S),
+                           GPU_STEP_S, RUN_S),
     "nvidia-h100x8": Machine(8, 495e12, 0.4, "8 x H100 SXM, data-parallel, >= 2.5 ms a step, 22 s a run",
-                             GPU_STEP_S, GPU_RUN_S),
+                             GPU_STEP_S, RUN_S),
 }
 
 
@@ -88,7 +88,7 @@ class CpuModel:
 # full study's measured run times less the time those rates give (reports/*/full/runs.csv, 2-core EPYC and Xeon,
 # 2026-11), 22 s. Against the measured studies: consistency full 36 min (measured 45), patience full 49 min
 # (measured 43), mixup full 19 min (23).
-CPU = CpuModel(22.0, 99e9, 40e9, "2 CPU cores: measured step parts and whole studies, 2026-11 (+-25%)")
+CPU = CpuModel(RUN_S, 99e9, 40e9, "2 CPU cores: measured step parts and whole studies, 2026-11 (+-25%)")
 
 
 @functools.lru_cache(maxsize=None)

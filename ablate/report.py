@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import sys
 import re
 import textwrap
 import time
@@ -240,6 +241,8 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
     matplotlib.use("Agg")
     store = store or RunStore(paths.store_dir())
     runs, hist, grid = study_frames(study, preset, source, store)
+    for line in damaged_lines(runs):  # also in report.md; said here so that it is not missed
+        print(line, file=sys.stderr)
     out = pathlib.Path(out_dir) if out_dir else paths.reports_dir() / study.name / (preset or "default")
     out.mkdir(parents=True, exist_ok=True)
     s = study.resolve(preset)

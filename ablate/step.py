@@ -21,6 +21,7 @@ from ablate import views
 from ablate.config import RunConfig, content_hash
 from ablate.losses import LossSpec
 from ablate.policies import POLICIES, Policy
+from ablate.stream import batch_indices
 
 
 class TrainState(NamedTuple):
@@ -182,8 +183,6 @@ def make_multi_step(cohort_step, batch_size: int):
     returns the sum of its losses and the first step whose loss was not finite (-1: none). `start` and `count`
     are inputs, so one compiled program serves every block of every run of the same shapes.
     """
-    from ablate.stream import batch_indices
-
     def multi_step(states, teacher_params, targets, resident: Resident, start, count):
         size = resident.labels.shape[0]
 

@@ -123,7 +123,6 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     dp = parallel.DataParallel()
     if cfg.batch_size % dp.size:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dp.size} devices")
-    ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
     states = dp.replicate(tuple(TrainState(p, jax.jit(o.init)(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
     lanes = lanes_lib.count(cfg.batch_size)
     t_model = teacher.model if teacher else None
@@ -135,6 +134,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
         multi_step = jax.jit(make_multi_step(cohort_step, cfg.batch_size), donate_argnums=(0,))
     else:
         step_fn = compile_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res, lanes)
+        ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
     t_params = dp.replicate(teacher.params) if (teacher is not None and policy.runs_teacher) else None
     targets = None if targets is None else dp.replicate(jnp.asarray(targets))
     if policy.fixed_view is not None and targets is None:
