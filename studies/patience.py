@@ -17,7 +17,7 @@ STUDY = Study(
     presets=dict(
         quick=dict(epochs=[50, 150, 500], subset_per_class=20, seeds=1, num_evals=3),
         full=dict(epochs=[10, 30, 100, 300], seeds=3),
-        long=dict(epochs=[10, 30, 100, 300, 1000], seeds=3),  # full plus 1,000 epochs (reuses full's runs)
+        long=dict(epochs=[10, 30, 100, 300, 1000, 3000], seeds=3),  # full plus 1,000 and 3,000 epochs (reuses full's runs)
     ),
     x="epochs",
     hue="policy",
