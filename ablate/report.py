@@ -137,6 +137,80 @@ def _is_pct(metric: str) -> bool:
     return metric.endswith("acc") or "agree" in metric
 
 
+GAP = "gap"
+"""gap_fractions' column: the fraction of the label-only-to-teacher gap a run closes."""
+
+
+def gap_fractions(runs: pd.DataFrame, by=("epochs",), metric: str = RANK_METRIC) -> pd.DataFrame:
+    """Each finished run with column `gap`: the fraction of the gap between the label-only student and the teacher
+    it closes, (acc - L) / (T - L), its own `metric` against L, the label-only student's mean `metric` over its
+    seeds at the same `by` values (the same schedule), and T, its teacher's `teacher/test/acc` (for the label-only
+    runs themselves, which have no teacher, the study's one teacher). 1 is the teacher's accuracy, 0 the label-only
+    student's, so each distilled run's fraction varies with its own seed and the seed spread of the fractions is the
+    seed spread of the runs. NaN where no label-only run has finished at those `by` values or the teacher is not
+    better than L; an empty frame where the runs have no label-only student or no teacher accuracy."""
+    done = runs[runs.status == "done"] if "status" in runs else runs
+    by = [b for b in by if b in done]
+    if metric not in done or "teacher/test/acc" not in done:
+        return done.iloc[:0].assign(**{GAP: pd.Series(dtype=float)})
+    done = done.dropna(subset=[metric])
+    ref = done[_label_only(done)]
+    if ref.empty or done["teacher/test/acc"].isna().all():
+        return done.iloc[:0].assign(**{GAP: pd.Series(dtype=float)})
+    teachers = done["teacher/test/acc"].dropna().unique()
+    teacher = done["teacher/test/acc"]
+    if len(teachers) == 1:  # one teacher: the label-only runs are measured against it too
+        teacher = teacher.fillna(teachers[0])
+    if by:
+        label_only = ref.groupby(by, dropna=False)[metric].mean().rename("_label_only").reset_index()
+        floor = done[by].merge(label_only, on=by, how="left")["_label_only"].to_numpy()
+    else:
+        floor = np.full(len(done), ref[metric].mean())
+    span = teacher.to_numpy() - floor
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(span > 0, (done[metric].to_numpy() - floor) / span, np.nan)
+    return done.assign(**{GAP: gap})
+
+
+def gap_table(runs: pd.DataFrame, keys: list[str], x: str = "epochs", metric: str = RANK_METRIC) -> list[str]:
+    """report.md's lines for the table of the fraction of the label-only-to-teacher gap closed (%): a row per group
+    of `keys` (policies by display name, in the grid's order), a column per `x` (schedule), each cell mean ± std over
+    the seeds of the runs' own fractions (gap_fractions; no ± at n = 1). No lines (the table left out) unless the runs
+    have an `x` axis, a label-only student and the teacher's accuracy."""
+    if x not in runs:
+        return []
+    g = gap_fractions(runs, [x], metric)  # against the label-only mean at the same schedule
+    if g.empty or g[GAP].isna().all():
+        return []
+    g = g.assign(_row=_labels(g, keys))
+    stats = g.groupby(["_row", x], sort=False)[GAP].agg(["mean", "std", "count"])
+    columns = sorted(g[x].unique())
+    rows = list(dict.fromkeys(g["_row"]))
+    name = ", ".join(keys) or "runs"
+    lines = ["## Fraction of the label-only-to-teacher gap closed", "",
+             f"| {name} | " + " | ".join(f"{c:g} {x} (%)" if isinstance(c, (int, float, np.number)) else
+                                          f"{c} (%)" for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    missing = False
+    for row in rows:
+        cells_ = []
+        for c in columns:
+            s = stats.loc[(row, c)] if (row, c) in stats.index else None
+            if s is None or not s["count"]:
+                cells_.append("-")
+                missing = True
+                continue
+            mean = 0.0 if abs(s["mean"]) < 1e-12 else s["mean"]  # the label-only row, 0 by construction: not -0.00
+            cells_.append(_fmt(mean, s["std"], True, int(s["count"])))
+        lines.append(f"| {row} | " + " | ".join(cells_) + " |")
+    spread = ("mean ± std over seeds of each run's own fraction, no ± at n = 1" if (stats["count"] > 1).any()
+              else "one run per cell, so no ±")
+    at = "schedule" if x == "epochs" else display(x)
+    return lines + ["", f"100% is the teacher's test accuracy, 0% the label-only student's (its mean over seeds at the "
+                        f"same {at}); {spread}" + (f"; -: the policy or the label-only student has no finished run "
+                                                   f"at that {at} yet" if missing else "") + ".", ""]
+
+
 def compare(runs: pd.DataFrame, filters: list[str], metric: str = RANK_METRIC, by: str | None = None,
             baseline: str | None = None) -> pd.DataFrame:
     """Runs filtered by FIELD=VALUE, grouped over seeds, ranked by `metric`, with deltas to a baseline group.
@@ -276,6 +350,8 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
                   results_notes(table, rank, ranked, over), ""]
         if "wall_s" in runs:
             lines += [f"Total training wall time: {training_minutes(runs):.1f} min over {n_done} runs.", ""]
+        if x == "epochs":  # how far each policy gets from the label-only student towards the teacher
+            lines += gap_table(runs, [a for a in by if a != x] or ["policy"], x)
         number = 0
         for name in study.figures:
             made = FIGURE_FNS[name](runs, hist, x, hue, axes=axes, title=short_title(study.question))
@@ -567,7 +643,9 @@ def fig_final(runs, hist, x, hue, axes=(), title=""):
 
 
 def fig_patience(runs, hist, x, hue, axes=(), title=""):
-    """Test accuracy at the end of training against schedule length (log axis), one line per policy."""
+    """Test accuracy at the end of training against schedule length (log axis), one line per policy; beside it,
+    where the runs have a label-only student and a teacher, the fraction of the gap between them each policy closes
+    (paper Figs. 4-5)."""
     import matplotlib.pyplot as plt
 
     done = runs[runs.status == "done"].dropna(subset=[RANK_METRIC])
@@ -576,26 +654,57 @@ def fig_patience(runs, hist, x, hue, axes=(), title=""):
     keys = [a for a in axes if a != "epochs"] or (["policy"] if "policy" in done else [])
     df = _pct(done, [RANK_METRIC]).assign(_line=_labels(done, keys))
     seeds = _seeds(df, keys + ["epochs"])
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    gaps = gap_fractions(done, ["epochs"])
+    gaps = gaps[~_label_only(gaps)].dropna(subset=[GAP])  # the label-only student is 0 by definition
+    gaps = gaps.assign(**{GAP: 100 * gaps[GAP]}, _line=_labels(gaps, keys))
+    fig, axs = plt.subplots(1, 2 if len(gaps) else 1, figsize=(13, 4.8) if len(gaps) else (7.5, 4.8),
+                            squeeze=False)
+    ax = axs[0][0]
     palette = _palette(_by_last_value(df, "epochs", RANK_METRIC))
-    extent = _lines(ax, df, "epochs", RANK_METRIC, palette, bool(seeds) and len(palette) <= BANDS_UP_TO)
+    bands = bool(seeds) and len(palette) <= BANDS_UP_TO
+    extent = _lines(ax, df, "epochs", RANK_METRIC, palette, bands)
     for label, acc in _teachers(done):
         _reference(ax, acc, label)
         extent.append(acc)
     _zoom(ax.set_ylim, extent)
-    ax.set_xscale("log")
-    epochs = sorted(done["epochs"].unique())
-    ax.set_xticks(epochs, [f"{e:g}" for e in epochs], minor=False)
-    ax.minorticks_off()
-    ax.set_xlabel(display("epochs") + ", log scale")
     ax.set_ylabel(display(RANK_METRIC))
-    ax.legend(title=", ".join(display(k) for k in keys) or None, fontsize=8, loc="center left",
-              bbox_to_anchor=(1.01, 0.5))
-    ax.set_title(title)
-    return fig, (f"Student test accuracy at the end of training against schedule length, per "
-                 f"{', '.join(display(k) for k in keys) or 'cell'}; dashed black: the teacher"
-                 + ("; grey dashed: the label-only student" if _label_only(done).any() else "")
-                 + f"; {_spread_note(seeds, 'shaded', len(palette))}.")
+    epochs = sorted(done["epochs"].unique())
+    if len(gaps):
+        right = axs[0][1]
+        shown = {level: c for level, c in palette.items() if level in set(gaps["_line"])}
+        extent = _lines(right, gaps, "epochs", GAP, shown, bands) + [0.0, 100.0]
+        for value, label, colour in ((100.0, "teacher", "k"), (0.0, "label-only", "#7f7f7f")):
+            right.axhline(value, color=colour, ls="--", lw=1.2)
+            right.annotate(f"{label} ({value:g}%)", xy=(0.01, value), xycoords=("axes fraction", "data"),
+                           ha="left", va="bottom", fontsize=8, color=colour)
+        _zoom(right.set_ylim, extent)
+        right.set_ylabel("gap closed (%)")
+        ax.set_title("test accuracy at the end of training")
+        right.set_title("fraction of the label-only-to-teacher gap closed")
+    for a in axs[0]:
+        a.set_xscale("log")
+        a.set_xticks(epochs, [f"{e:g}" for e in epochs], minor=False)
+        a.minorticks_off()
+        a.set_xlabel(display("epochs") + ", log scale")
+    legend = dict(title=", ".join(display(k) for k in keys) or None, fontsize=8, loc="center left")
+    if len(gaps):  # one legend for both panels, outside them on the right
+        fig.legend(*ax.get_legend_handles_labels(), bbox_to_anchor=(1.0, 0.5), **legend)
+        fig.suptitle(title)
+        fig.tight_layout()
+    else:
+        ax.legend(bbox_to_anchor=(1.01, 0.5), **legend)
+        ax.set_title(title)
+    label_only = _label_only(done).any()
+    left = (f"student test accuracy at the end of training against schedule length, per "
+            f"{', '.join(display(k) for k in keys) or 'cell'}; dashed black: the teacher"
+            + ("; grey dashed: the label-only student" if label_only else ""))
+    spread = _spread_note(seeds, "shaded", len(palette))
+    if not len(gaps):
+        return fig, left[0].upper() + left[1:] + f"; {spread}."
+    return fig, ("Left: " + left + ". Right: the fraction of the gap between the label-only student and the teacher "
+                 "that each policy closes, each run's (student - label-only) / (teacher - label-only) against the "
+                 "label-only student's mean at the same schedule (100%: the teacher's accuracy, 0%: the label-only "
+                 f"student's; the table gives the numbers). Both: {spread}.")
 
 
 def fig_loss_vs_acc(runs, hist, x, hue, axes=(), title=""):

@@ -8,7 +8,7 @@ import pytest
 from ablate import report
 from ablate.cli import build_parser, main
 from ablate.store import RunStore
-from ablate.study import Study, variant
+from ablate.study import LABEL_ONLY, Study, variant
 from tests.helpers import fake_runs
 
 matplotlib.use("Agg")
@@ -156,3 +156,104 @@ def test_validation_heatmap_marks_each_rows_best(store):
     assert [t.get_text() for t in ax.texts] == ["83.0", "75.0", "78.0"]
     assert len(ax.patches) == 1 and ax.patches[0].get_xy() == (0, 0)  # funmatch's cell boxed
     assert caption.startswith("Validation accuracy at the end of training (%) for each teacher-input policy")
+
+
+# ----------------------------------------------------------------------------- the patience study's gap fraction
+
+PATIENCE = Study(
+    name="fake_patience", question="How do policies scale with schedule length? Fixed teachers should overfit.",
+    base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50),
+    axes=dict(policy=["fix/rs", "funmatch", LABEL_ONLY], epochs=[10, 100]),
+    presets=dict(one=dict(seeds=1), two=dict(seeds=2), no_label_only=dict(policy=["fix/rs", "funmatch"], seeds=2)),
+    x="epochs", hue="policy", figures=("patience",),
+)
+# mean test accuracy at 10 and 100 epochs; seed 0 is a point below, seed 1 a point above; the teacher has 90%
+PATIENCE_ACC = {"fix/rs": (0.63, 0.74), "funmatch": (0.66, 0.85), "supervised": (0.60, 0.70)}
+
+
+def patience_summary(cell):
+    p, e, seed = cell.point["policy"], cell.config.epochs, cell.config.seed
+    acc = PATIENCE_ACC[p][(10, 100).index(e)] + 0.01 * (2 * seed - 1)
+    out = {"last/test/acc": acc, "best/test/acc": acc, "last/train/loss": 0.1}
+    return out if p == "supervised" else {**out, "teacher/test/acc": 0.90}  # label-only runs have no teacher
+
+
+@pytest.fixture
+def patience_store(tmp_path):
+    store = RunStore(tmp_path / "patience_store")
+    fake_runs(store, PATIENCE, "two", patience_summary)  # presets one and no_label_only read subsets of these runs
+    return store
+
+
+def _gap_rows(text):
+    lines = text.splitlines()
+    start = lines.index("## Fraction of the label-only-to-teacher gap closed")
+    return [line for line in lines[start + 2:] if line.startswith("|")], lines[start + 2:]
+
+
+def test_gap_table_two_seeds_by_hand(patience_store, tmp_path):
+    """Each run's own fraction (acc - label-only mean) / (teacher - label-only mean), at its schedule; mean ± std over
+    the seeds. funmatch at 100 epochs: (0.84 - 0.70) / 0.20 = 70%, (0.86 - 0.70) / 0.20 = 80%: 75.00 ± 7.07."""
+    text = (report.render(PATIENCE, "two", store=patience_store, out_dir=tmp_path / "two") / "report.md").read_text()
+    rows, after = _gap_rows(text)
+    assert rows == ["| policy | 10 epochs (%) | 100 epochs (%) |", "|---|---|---|",
+                    "| fix/rs | 10.00 ± 4.71 | 20.00 ± 7.07 |",  # 0.62, 0.64 against 0.60 of 0.30; 0.73, 0.75 of 0.20
+                    "| funmatch | 20.00 ± 4.71 | 75.00 ± 7.07 |",
+                    "| label-only (no teacher) | 0.00 ± 4.71 | 0.00 ± 7.07 |"]  # its own seeds around its mean
+    note = next(line for line in after if line and not line.startswith("|"))
+    assert "100% is the teacher's test accuracy, 0% the label-only student's" in note and "-:" not in note
+    assert text.index("## Results") < text.index("## Fraction") < text.index("![patience]")
+
+
+def test_gap_table_one_seed_has_no_plus_minus(patience_store, tmp_path):
+    """n = 1: seed 0 alone, against the label-only seed 0 (59%, 69%): funmatch (0.65 - 0.59) / (0.90 - 0.59)."""
+    text = (report.render(PATIENCE, "one", store=patience_store, out_dir=tmp_path / "one") / "report.md").read_text()
+    rows, after = _gap_rows(text)
+    assert rows[2:] == ["| fix/rs | 9.68 | 19.05 |", "| funmatch | 19.35 | 71.43 |",
+                        "| label-only (no teacher) | 0.00 | 0.00 |"]
+    assert "one run per cell, so no ±" in next(line for line in after if line and not line.startswith("|"))
+
+
+def test_gap_table_left_out_without_a_label_only_student_or_teacher(patience_store, tmp_path):
+    text = (report.render(PATIENCE, "no_label_only", store=patience_store, out_dir=tmp_path / "none")
+            / "report.md").read_text()
+    assert "## Results" in text and "## Fraction" not in text and "label-only-to-teacher" not in text
+    assert "Right:" not in text  # the figure has no gap panel either
+    runs, _, _ = report.study_frames(PATIENCE, "two", "local", patience_store)
+    assert report.gap_table(runs, ["policy"]) != []
+    assert report.gap_table(runs.drop(columns=["teacher/test/acc"]), ["policy"]) == []
+    assert report.gap_table(runs.drop(columns=["epochs"]), ["policy"]) == []  # no schedule axis
+    # a schedule the label-only student has not finished yet: no fraction there
+    partial = runs[~((runs.policy == "supervised") & (runs.epochs == 100))]
+    lines = report.gap_table(partial, ["policy"])
+    assert lines[4] == "| fix/rs | 10.00 ± 4.71 | - |"
+    assert "-: the policy or the label-only student has no finished run at that schedule yet." in lines[-2]
+
+
+def test_patience_figure_has_a_gap_panel_with_labelled_references(patience_store):
+    runs, hist, _ = report.study_frames(PATIENCE, "two", "local", patience_store)
+    fig, caption = report.fig_patience(runs, hist, "epochs", "policy", axes=["policy", "epochs"],
+                                       title=report.short_title(PATIENCE.question))
+    acc, gap = fig.axes
+    assert _title(fig) == "How do policies scale with schedule length?"
+    assert acc.get_xscale() == gap.get_xscale() == "log"
+    assert [t.get_text() for t in gap.get_xticklabels()] == ["10", "100"]
+    lines = {line.get_label(): line for line in gap.lines if not line.get_label().startswith("_")}
+    assert sorted(lines) == ["fix/rs", "funmatch"]  # the label-only student is 0 by definition: no line
+    assert list(lines["funmatch"].get_ydata()) == pytest.approx([20.0, 75.0])
+    assert list(lines["fix/rs"].get_ydata()) == pytest.approx([10.0, 20.0])
+    assert len(gap.collections) == 2  # a seed band per line
+    assert [t.get_text() for t in gap.texts] == ["teacher (100%)", "label-only (0%)"]
+    assert sorted(line.get_ydata()[0] for line in gap.lines if line.get_label().startswith("_")) == [0, 100]
+    low, high = gap.get_ylim()
+    assert low < 0 and high > 100
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"funmatch", "fix/rs", "label-only (no teacher)", "teacher: 90.0%"} <= set(legend)
+    assert "teacher 90.0%" in [t.get_text() for t in acc.texts]
+    assert caption.startswith("Left: student test accuracy") and "Right: the fraction of the gap" in caption
+    assert "100%: the teacher's accuracy, 0%: the label-only student's" in caption and "n = 2" in caption
+
+    no_ref = runs[runs.policy != "supervised"]
+    fig, caption = report.fig_patience(no_ref, hist, "epochs", "policy", axes=["policy", "epochs"], title="t")
+    assert len(fig.axes) == 1 and caption.startswith("Student test accuracy") and "Right" not in caption
+    assert "teacher: 90.0%" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
