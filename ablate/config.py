@@ -166,6 +166,10 @@ def validate(cfg: RunConfig) -> None:
     if not policy.teacher and spec.needs_teacher:
         raise ConfigError(f"policy {cfg.policy!r} has no teacher, so loss {cfg.loss!r} cannot be used; "
                           "use 'label_ce'")
+    if policy.fixed_view is not None and spec.needs_features:
+        raise ConfigError(f"loss {cfg.loss!r} compares intermediate activations, but policy {cfg.policy!r} "
+                          "trains on the fixed teacher's cached logits, which keep none; use an on-the-fly policy "
+                          "(e.g. 'same/ic' or 'funmatch') or a loss on logits only")
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if isinstance(value, float) and not math.isfinite(value):

@@ -57,6 +57,14 @@ def scale_by_warmup_cosine(total_steps: int, warmup_steps: int) -> optax.Gradien
     return optax.GradientTransformation(init, update)
 
 
+def schedule_progress(opt_state) -> jax.Array:
+    """How far through its schedule an optimiser state is, step / total steps in [0, 1] (from its ScheduleState)."""
+    for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ScheduleState)):
+        if isinstance(leaf, ScheduleState):
+            return leaf.count.astype(jnp.float32) / jnp.maximum(leaf.total_steps, 1).astype(jnp.float32)
+    raise ValueError("the optimiser state has no schedule (ScheduleState): build it with paper_optimizer")
+
+
 def kernel_mask(params):
     """True for kernels (weight-decayed), False for norm scales and biases."""
     return jax.tree_util.tree_map_with_path(

@@ -23,9 +23,12 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Register under `name`; the same definition imported again (a study file loaded twice) replaces itself,
+        a different one under a taken name is an error that says where both come from."""
         def decorate(entry: T) -> T:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if name in self._entries and _origin(self._entries[name]) != _origin(entry):
+                raise ValueError(f"{self.kind} {name!r} is registered twice: by {_where(self._entries[name])} "
+                                 f"and by {_where(entry)}; give one of them another name")
             self._entries[name] = entry
             return entry
 
@@ -55,6 +58,20 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return [(n, self._entries[n]) for n in self.names()]
+
+
+def _origin(entry: object) -> tuple:
+    """Where an entry was defined (its function's file, line and qualified name; a wrapper's `fn`), or itself."""
+    fn = getattr(entry, "fn", entry)
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return (id(entry),)
+    return code.co_filename, code.co_firstlineno, getattr(fn, "__qualname__", "")
+
+
+def _where(entry: object) -> str:
+    origin = _origin(entry)
+    return f"{origin[2]} ({origin[0]}:{origin[1]})" if len(origin) == 3 else repr(entry)
 
 
 def summary(entry: object) -> str:

@@ -7,6 +7,7 @@ that share their inputs; the other functions only choose how it is executed
 
 from __future__ import annotations
 
+import collections
 import functools
 import operator
 from typing import Any, NamedTuple
@@ -17,9 +18,10 @@ import jax.numpy as jnp
 import optax
 
 from ablate import lanes as lanes_lib
-from ablate import views
+from ablate import optim, views
 from ablate.config import RunConfig, content_hash
-from ablate.losses import LossSpec
+from ablate.losses import LOSSES, LossSpec
+from ablate.models import apply_with_features
 from ablate.policies import POLICIES, Policy
 from ablate.stream import batch_indices
 
@@ -69,11 +71,18 @@ def cohort_key(cfg: RunConfig) -> str | None:
     return shared_inputs(cfg) if POLICIES.get(cfg.policy).runs_teacher else None
 
 
+def members_of(states) -> tuple[tuple, tuple]:
+    """Each member's parameters, and how far through its schedule it is (step / steps: a loss's warm-up reads it)."""
+    return tuple(s.params for s in states), tuple(optim.schedule_progress(s.opt_state) for s in states)
+
+
 def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
                   optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
     """A cohort's step in three pure parts: `inputs` (views, mixup, fixed targets) of a whole batch; `grads`,
     each member's loss and gradient on some of its rows (after the teacher's forward on them), the loss a
-    batch mean times `scale`; `update`, each member's update from the sum of its rows' gradients."""
+    batch mean times `scale`; `update`, each member's update from the sum of its rows' gradients. The loss
+    also gets the member's `progress` through its schedule and, where a loss reads them, both models' stage
+    outputs (`student_features`, `teacher_features`)."""
     if len({shared_inputs(c) for c in cfgs}) != 1:
         raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
     policy = POLICIES.get(cfgs[0].policy)
@@ -86,15 +95,24 @@ def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.
         zt = targets[batch["index"]] if policy.fixed_view is not None else None
         return xs, xt, labels, zt
 
-    def grads(params, teacher_params, xs, xt, labels, zt, scale: float = 1.0):
+    features = any(spec.needs_features for _, spec, _, _ in members)
+
+    def forward(model, params, x):
+        """(logits, stage outputs or None): the stages only where a member's loss reads them."""
+        return apply_with_features(model, params, x) if features else (model.apply({"params": params}, x), None)
+
+    def grads(params, progress, teacher_params, xs, xt, labels, zt, scale: float = 1.0):
+        t_features = None
         if policy.runs_teacher:
-            zt = jax.lax.stop_gradient(teacher.apply({"params": teacher_params}, xt))
+            zt, t_features = jax.lax.stop_gradient(forward(teacher, teacher_params, xt))
         elif zt is None:
             zt = jnp.zeros_like(labels)  # label-only losses never read it
         out = []
-        for p, (student, spec, hp, _) in zip(params, members):
-            def loss_fn(p, student=student, spec=spec, hp=hp):
-                loss = jnp.mean(spec(student.apply({"params": p}, xs), zt, labels, **hp))
+        for p, prog, (student, spec, hp, _) in zip(params, progress, members):
+            def loss_fn(p, student=student, spec=spec, hp=hp, prog=prog):
+                zs, s_features = forward(student, p, xs)
+                loss = jnp.mean(spec(zs, zt, labels, **hp, progress=prog, student_features=s_features,
+                                     teacher_features=t_features))
                 return loss if scale == 1.0 else loss * scale
             out.append(jax.value_and_grad(loss_fn)(p))
         return tuple(out)
@@ -126,7 +144,8 @@ def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: 
 
     def step(states, teacher_params, targets, batch, key):
         xs, xt, labels, zt = inputs(targets, batch, key)
-        return update(states, [grads(tuple(s.params for s in states), teacher_params, xs, xt, labels, zt)])
+        params, progress = members_of(states)
+        return update(states, [grads(params, progress, teacher_params, xs, xt, labels, zt)])
 
     return step
 
@@ -148,20 +167,50 @@ def make_lane_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn
 
     def step(states, teacher_params, targets, batch, key):
         xs, xt, labels, zt = split(targets, batch, key)
-        params = tuple(s.params for s in states)
+        params, progress = members_of(states)
         rows = [(xs[k], None if xt is None else xt[k], labels[k], None if zt is None else zt[k]) for k in range(lanes)]
-        parts = lanes_lib.run(lane_grads, [(params, teacher_params, *r) for r in rows])
+        parts = lanes_lib.run(lane_grads, [(params, progress, teacher_params, *r) for r in rows])
         return apply(states, parts)
 
     return step
 
 
+NOT_IN_STEP = ("epochs", "seed", "num_evals", "eval_spacing", "subset_seed", "init", "init_seed")
+"""Config fields the step's program never reads: the schedule's length is optimiser state, seeds and the data order
+arrive as inputs (keys, batches), initial parameters as the state. Runs that differ only in these share one program."""
+
+PROGRAMS_KEPT = 8
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()
+
+
+def program_key(cfg: RunConfig) -> str:
+    """Equal for runs whose steps are one program (`NOT_IN_STEP`): a patience study's cells of one policy."""
+    canonical = RunConfig.from_dict(cfg.to_dict()).to_dict()
+    return content_hash({k: v for k, v in canonical.items() if k not in NOT_IN_STEP})
+
+
 def compile_cohort_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res: int, lanes: int):
-    """The cohort's step ready to call: in lanes where `lanes` > 1, else one jitted program donating the states."""
+    """The cohort's step ready to call: in lanes where `lanes` > 1, else one jitted program donating the states.
+
+    Kept for the process (the last `PROGRAMS_KEPT`): a later run with the same `program_key`s reuses the traced
+    and compiled step instead of tracing, lowering and loading it again (2-4 s a run on a 2-core CPU).
+    """
+    # with the registered functions themselves: a loss or policy registered anew under its name gets a new program
+    registered = tuple((POLICIES.get(c.policy), *(LOSSES.get(term[1]) for term in LossSpec.parse(c.loss).terms))
+                       for c in cfgs)
+    key = (tuple(program_key(c) for c in cfgs), registered, tuple(students), teacher, num_classes, s_res, t_res, lanes)
+    if key in _PROGRAMS:
+        _PROGRAMS.move_to_end(key)
+        return _PROGRAMS[key]
     if lanes > 1:
-        return make_lane_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res, lanes)
-    return jax.jit(make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res),
-                   donate_argnums=(0,))
+        step = make_lane_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res, lanes)
+    else:
+        step = jax.jit(make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res),
+                       donate_argnums=(0,))
+    _PROGRAMS[key] = step
+    while len(_PROGRAMS) > PROGRAMS_KEPT:
+        _PROGRAMS.popitem(last=False)
+    return step
 
 
 class Resident(NamedTuple):

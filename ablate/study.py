@@ -53,8 +53,10 @@ class Study:
 
     `base` holds config fields shared by every cell; `axes` maps a field to the
     values it takes (cartesian product); each dict in `zipped` maps fields to
-    equally long lists that vary together. `presets` override base fields,
-    axis values (by field name) and `seeds`. `seed_field` says what the seeds
+    equally long lists that vary together. `exclude` leaves out the cells whose
+    axis values (labels, for variants) match all of one of its dicts: combinations
+    that do not exist, such as a feature loss with a fixed teacher. `presets`
+    override base fields, axis values (by field name) and `seeds`. `seed_field` says what the seeds
     vary: "seed" (data order, views, mixup and the student's initialisation) or
     "init_seed" (the student's initialisation alone, on the data stream of the
     cell's `seed`, 0 unless set: a cell's seeds then train as one cohort,
@@ -69,6 +71,7 @@ class Study:
     seeds: int = 1
     seed_field: str = "seed"
     presets: dict = dataclasses.field(default_factory=dict)
+    exclude: tuple = ()  # dicts of axis values whose cells are left out, e.g. (dict(loss="at", policy="fix/rs"),)
     figures: tuple = ("final", "curves")
     x: str | None = None  # the axis on the figures' x axis (e.g. "epochs"); default: first axis
     hue: str | None = None  # the axis that colours lines (e.g. "policy"); default: the other axis
@@ -117,6 +120,8 @@ def cells(study: Study, preset: str | None = None) -> list[Cell]:
                 point[k] = v.label
             else:
                 values[k] = point[k] = v
+        if any(all(point.get(k) == v for k, v in ex.items()) for ex in s.exclude):
+            continue  # left out before validation: an excluded combination may be an invalid config
         try:
             cfg = RunConfig.from_dict(values)
             validate(cfg)
@@ -148,6 +153,14 @@ def _check_shape(s: Study) -> None:
         lengths = {k: len(v) for k, v in z.items()}
         if len(set(lengths.values())) > 1:
             raise StudyError(f"study {s.name!r}: zipped axes must have equal lengths, got {lengths}")
+    axes = [*s.axes, *(k for z in s.zipped for k in z)]
+    if not isinstance(s.exclude, (list, tuple)) or not all(isinstance(ex, dict) and ex for ex in s.exclude):
+        raise StudyError(f"study {s.name!r}: exclude must be a tuple of non-empty dicts of axis -> value, e.g. "
+                         f"exclude=(dict(loss='at', policy='fix/rs'),), got {s.exclude!r}")
+    unknown = sorted({k for ex in s.exclude for k in ex} - set(axes))
+    if unknown:
+        raise StudyError(f"study {s.name!r}: exclude names {', '.join(unknown)}, which are not axes; "
+                         f"valid: {', '.join(axes)}")
     if not isinstance(s.seeds, int) or s.seeds < 1:
         raise StudyError(f"study {s.name!r}: seeds must be a positive int, got {s.seeds!r}")
     if s.seed_field not in SEED_FIELDS:

@@ -10,6 +10,7 @@ checkpoints in `ablate.checkpoint`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import time
 from typing import Any, Callable
@@ -24,6 +25,7 @@ from ablate import lanes as lanes_lib
 from ablate.config import ConfigError, RunConfig, num_steps
 from ablate.data import ArraySource, DatasetSplits
 from ablate.evaluate import Frozen, all_finite, eval_metrics, evaluation_steps, predict
+from ablate.losses import LossSpec
 from ablate.models import build_model
 from ablate.policies import POLICIES
 from ablate.step import (Resident, TrainState, accumulate, compile_cohort_step, make_cohort_step, make_multi_step,
@@ -31,6 +33,13 @@ from ablate.step import (Resident, TrainState, accumulate, compile_cohort_step, 
 from ablate.stream import batches, order_key, student_source
 
 accumulate_step = jax.jit(accumulate)  # the per-step loop's bookkeeping, as the multi-step program does it
+
+
+@functools.cache
+def init_fn(model):
+    """The model's `init`, jitted once per model for the process: one compiled program instead of one per eager op
+    and shape (the same values, bit for bit), traced once however many runs start from it."""
+    return jax.jit(model.init)
 
 
 class NonFiniteError(FloatingPointError):
@@ -113,18 +122,20 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     t_res = teacher.resolution if teacher is not None else s_res
     students = [build_model(c.model, data.num_classes) for c in cfgs]
     dummy = jnp.zeros((1, s_res, s_res, data.image_shape[2]))
-    # jitted: one compiled program per model instead of one per eager op and shape (same values, bit for bit)
-    inits = {c.model: jax.jit(s.init) for c, s in zip(cfgs, students)}
     # a caller's init_params are copied: the step donates its states' buffers, which would delete the caller's arrays
     params = [jax.tree.map(jnp.array, m.init_params) if m.init_params is not None
-              else inits[m.cfg.model](jax.random.key(m.cfg.student_seed), dummy)["params"] for m in members]
+              else init_fn(student)(jax.random.key(m.cfg.student_seed), dummy)["params"]
+              for m, student in zip(members, students)]
     optimizers = [optim.paper_optimizer(c.lr, c.wd, total, round(c.warmup_frac * total), c.clip, name=c.optimizer)
                   for c in cfgs]
     dp = parallel.DataParallel()
     if cfg.batch_size % dp.size:
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the {dp.size} devices")
-    states = dp.replicate(tuple(TrainState(p, jax.jit(o.init)(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
-    lanes = lanes_lib.count(cfg.batch_size)
+    # the optimiser's state eagerly (zeros and the schedule's length): a jitted init would bake the length in
+    states = dp.replicate(tuple(TrainState(p, o.init(p), jnp.int32(0)) for p, o in zip(params, optimizers)))
+    # a loss that couples a batch's rows (DIST) must see all of them: no lanes, whose rows' gradients are summed
+    whole_batch = any(LossSpec.parse(c.loss).batch_level for c in cfgs)
+    lanes = 1 if whole_batch else lanes_lib.count(cfg.batch_size)
     t_model = teacher.model if teacher else None
     base_key = jax.random.key(cfg.seed)  # of the views and mixup, folded with the step
     resident, multi_step, step_fn = None, None, None

@@ -149,7 +149,7 @@ def test_list_prints_every_registry(tmp_path, capsys, monkeypatch):
     assert any(line.split()[:1] == ["tiny_probe"] and "Does the CLI list studies" in line for line in lines)
     # every entry has a summary line after its name
     assert "funmatch" in out and "Function matching" in out
-    assert "T^2 * KL(softmax(teacher/T) || softmax(student/T))" in out
+    assert "T^2 KL(softmax(teacher/T) || softmax(student/T)) (Hinton et al., 2015; Beyer et al., CVPR 2022)" in out
 
 
 def test_unknown_subcommand_is_a_usage_error(capsys):

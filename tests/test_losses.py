@@ -98,13 +98,19 @@ def test_kl_takes_logits_not_probabilities():
 
 @pytest.mark.parametrize("name", sorted(LOSSES.names()))
 def test_losses_are_finite_with_huge_logits(name):
-    """Every loss and its gradient stay finite with logits of magnitude 1e4."""
+    """Every loss and its gradient stay finite with logits (and stage features) of magnitude 1e4."""
     s = jnp.asarray(1e4 * np.array([[1.0, -1.0, 0.5, 0.0], [-1.0, 1.0, 0.0, 0.2]], np.float32))
     t = jnp.asarray(1e4 * np.array([[-1.0, 1.0, 0.0, 0.3], [1.0, -1.0, 0.5, 0.0]], np.float32))
     y = jnp.asarray(np.eye(4, dtype=np.float32)[[0, 2]])
     fn = LOSSES.get(name)
+    feats = {}
+    if fn.features:
+        rng = np.random.default_rng(0)
+        feats = {k: (jnp.asarray(1e4 * rng.normal(size=(2, 4, 4, 3)).astype(np.float32)),)
+                 for k in ("student_features", "teacher_features")}
     for temp in (1.0, 10.0):
-        val, grad = jax.value_and_grad(lambda z: jnp.sum(fn(z, t, y, temperature=temp, label_smoothing=0.1)))(s)
+        val, grad = jax.value_and_grad(
+            lambda z: jnp.sum(fn(z, t, y, temperature=temp, label_smoothing=0.1, **feats)))(s)
         assert np.isfinite(float(val)) and np.all(np.isfinite(np.asarray(grad)))
     if name == "kl":
         assert float(kl(s, t, y)[0]) > 1e3  # opposite confident predictions give a large, finite loss
@@ -114,13 +120,13 @@ def test_losses_are_finite_with_huge_logits(name):
 def test_loss_spec_weights_terms():
     """'kl + 0.1*label_ce' parses to weighted terms and evaluates to kl + 0.1 * label_ce per example."""
     spec = LossSpec.parse("kl + 0.1*label_ce")
-    assert spec.terms == ((1.0, "kl"), (0.1, "label_ce"))
+    assert spec.terms == ((1.0, "kl", ()), (0.1, "label_ce", ()))
     assert spec.needs_teacher
     got = np.asarray(spec(S, T, Y, temperature=2.0, label_smoothing=0.0))
     expect = np.asarray(kl(S, T, Y, temperature=2.0)) + 0.1 * np.asarray(label_ce(S, T, Y))
     np.testing.assert_allclose(got, expect, rtol=1e-6)
-    assert LossSpec.parse("2.5*mse_logits").terms == ((2.5, "mse_logits"),)
-    assert LossSpec.parse("1e-3*hard+kl").terms == ((1e-3, "hard"), (1.0, "kl"))
+    assert LossSpec.parse("2.5*mse_logits").terms == ((2.5, "mse_logits", ()),)
+    assert LossSpec.parse("1e-3*hard+kl").terms == ((1e-3, "hard", ()), (1.0, "kl", ()))
     assert not LossSpec.parse("label_ce").needs_teacher
 
 

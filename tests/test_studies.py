@@ -269,6 +269,8 @@ def test_dry_run_rows_are_never_below_a_second_for_real_work(tmp_path, capsys):
      "figures must be a tuple of names, e.g. ('final',), got 'final'"),
     (TINY.replace("seeds=1,", "seeds=2, zipped=(dict(seed=[0, 1], lr=[0.1, 0.03]),),"),
      "'seed' is both an axis and what `seeds` varies"),
+    (TINY.replace("seeds=1,", "seeds=1, exclude=(dict(polcy='fix/rs'),),"), "exclude names polcy, which are not axes"),
+    (TINY.replace("seeds=1,", "seeds=1, exclude=dict(policy='fix/rs'),"), "exclude must be a tuple of non-empty dicts"),
 ])
 def test_bad_study_fails_before_any_run(tmp_path, capsys, body, message):
     """A malformed study or an unknown axis value: exit 2 with a specific message, nothing written."""
@@ -277,6 +279,59 @@ def test_bad_study_fails_before_any_run(tmp_path, capsys, body, message):
     assert main(["run", study, "--store", str(store), "--wandb", "disabled"]) == 2
     assert message in capsys.readouterr().err
     assert not store.exists()
+
+
+USER_LOSS = textwrap.dedent('''
+    from ablate.losses import loss
+    from ablate.study import Study
+
+    @loss("my_pearson")
+    def my_pearson(student, teacher, labels, *, temperature=1.0, **_):
+        """1 - Pearson correlation of student and teacher logits (a user's own loss)."""
+        import jax.numpy as jnp
+
+        s = (student - student.mean(-1, keepdims=True)) / temperature
+        t = (teacher - teacher.mean(-1, keepdims=True)) / temperature
+        return 1 - jnp.sum(s * t, -1) / jnp.sqrt(jnp.sum(s * s, -1) * jnp.sum(t * t, -1) + 1e-8)
+
+    STUDY = Study(name="user_loss", question="Does a loss defined in a study file run?",
+                  base=dict(teacher="fmnist_xs", model="resnet_xs", subset_per_class=10, batch_size=50, epochs=4,
+                            num_evals=2),
+                  axes=dict(loss=["my_pearson", "kl + 0.5*my_pearson(temperature=2)"]))
+''')
+
+
+def test_a_loss_defined_in_a_study_file_is_one_decorated_function(teacher, tmp_path, capsys):
+    """A user's loss is one `@loss` function in their study file: found by name (with its parameters) in the
+    grid and trained with finite losses from the zero-initialised head on; the file loads again in the same
+    process (a rerun), while another file's loss under the same name is an error naming both files."""
+    study, store = write(tmp_path, "user_loss", USER_LOSS), tmp_path / "store"
+    assert main(["run", study, "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0
+    assert "2 ran, 0 already done, 0 failed" in capsys.readouterr().out
+    for run in (store).iterdir():
+        if (run / "summary.json").exists():
+            summary = json.loads((run / "summary.json").read_text())
+            assert summary["last/train/loss"] == summary["last/train/loss"]  # finite, not NaN
+    assert main(["run", study, "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0  # loaded again
+    assert "0 ran, 2 already done" in capsys.readouterr().out
+    other = write(tmp_path, "other", USER_LOSS.replace("return 1 - ", "return 2 - "))  # another loss, the same name
+    assert main(["run", other, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "loss 'my_pearson' is registered twice" in err and "user_loss.py" in err and "other.py" in err
+
+
+def test_excluded_cells_are_left_out_before_they_are_validated(tmp_path):
+    """`exclude` drops the cells matching all of one dict's axis values (variant labels included), and only those:
+    here an attention-transfer loss with a fixed teacher, a config that would fail validation."""
+    from ablate.study import Study, variant
+
+    study = Study(name="ex", question="?", base=dict(teacher="fmnist_xs", model="resnet_xs", epochs=1),
+                  axes=dict(loss=["kl", variant("kl + at", loss="kl + at")], policy=["fix/rs", "funmatch"]),
+                  exclude=(dict(loss="kl + at", policy="fix/rs"),))
+    assert sorted((c.point["loss"], c.point["policy"]) for c in cells(study)) == [
+        ("kl", "fix/rs"), ("kl", "funmatch"), ("kl + at", "funmatch")]
+    with pytest.raises(StudyError, match="intermediate activations.*policy 'fix/rs'"):
+        cells(Study(name="ex", question="?", base=study.base, axes=study.axes))
 
 
 def test_unknown_study_and_preset_list_valid_names(tmp_path, capsys):

@@ -256,6 +256,65 @@ def test_train_step_loss_is_kl_to_the_right_teacher_output(teacher, fmnist_small
         assert float(coef) < 1.0
 
 
+def _at_progress(opt_state, count: int):
+    """The optimiser state with its schedule moved to step `count` (what a loss's warm-up reads)."""
+    return jax.tree.map(lambda x: x._replace(count=jnp.int32(count)) if isinstance(x, optim.ScheduleState) else x,
+                        opt_state, is_leaf=lambda x: isinstance(x, optim.ScheduleState))
+
+
+@pytest.mark.parametrize("loss", ["0.5*kl + at", "dkd(temperature=4, warmup=0.5)", "dist(temperature=2)"])
+def test_the_step_gives_each_loss_what_it_reads(teacher, fmnist_small, loss):
+    """The step's loss equals the spec computed outside the trainer from the same views: with both models' stage
+    outputs for attention transfer, the run's progress through its schedule (3 of 10 steps) for DKD's warm-up, and
+    the whole batch for DIST."""
+    from ablate.losses import LossSpec
+    from ablate.models import apply_with_features
+
+    cfg = distill_cfg(policy="funmatch", subset_per_class=10, batch_size=20, loss=loss)
+    source = student_source(cfg, fmnist_small)
+    student = build_model(cfg.model, 10)
+    params = student.init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)))["params"]
+    params["head"]["kernel"] = 0.1 * jax.random.normal(jax.random.key(2), params["head"]["kernel"].shape)
+    opt = optim.paper_optimizer(cfg.lr, cfg.wd, 10, 1)
+    step = jax.jit(make_train_step(cfg, student, teacher.model, opt, 10, 28, 28))
+    b = batches(source, cfg, 10)[3]
+    b = {k: jnp.asarray(b[k]) for k in ("image", "label", "index")}
+    key = jax.random.key(42)
+    state = TrainState(params, _at_progress(opt.init(params), 3), jnp.int32(3))
+    _, got = step(state, teacher.params, None, b, key)
+    xs, xt, labels, _ = make_inputs(POLICIES.get("funmatch"), cfg, b["image"], jax.nn.one_hot(b["label"], 10), key,
+                                    28, 28)
+    zs, fs = apply_with_features(student, params, xs)
+    zt, ft = apply_with_features(teacher.model, teacher.params, xt)
+    assert len(fs) == len(ft) == 3
+    expect = float(jnp.mean(LossSpec.parse(loss)(zs, zt, labels, temperature=1.0, progress=0.3,
+                                                 student_features=fs, teacher_features=ft)))
+    assert float(got) == pytest.approx(expect, rel=1e-4)
+    if loss.startswith("dkd"):  # the warm-up is at 0.3 / 0.5 of its weight: the step did not take progress 1
+        full = float(jnp.mean(LossSpec.parse(loss)(zs, zt, labels, progress=1.0)))
+        assert float(got) == pytest.approx(0.6 * full, rel=1e-4)
+
+
+def test_a_batch_level_loss_trains_on_whole_batches_in_lanes(teacher, fmnist_small, monkeypatch):
+    """DIST couples a batch's rows, so where the trainer would split each batch over lanes it trains on whole
+    batches instead: two lanes give the one-lane run exactly, while a per-example loss (kl) is split and so
+    differs by rounding (which shows the lanes were in use)."""
+    from ablate import xla_flags
+
+    _, eval_teacher = run_inputs(FUNMATCH, fmnist_small, teacher)
+    runs = {}
+    for loss in ("dist", "kl"):
+        for lanes in (1, 2):
+            monkeypatch.setattr(xla_flags, "lanes_in_effect", lanes)
+            cfg = FUNMATCH.replace(loss=loss, epochs=3, num_evals=1)
+            runs[loss, lanes] = train(cfg, fmnist_small, teacher=teacher, eval_teacher=eval_teacher, **QUIET).params
+    same = [np.array_equal(np.asarray(a), np.asarray(b))
+            for a, b in zip(jax.tree.leaves(runs["dist", 1]), jax.tree.leaves(runs["dist", 2]), strict=True)]
+    assert all(same)
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b))
+                   for a, b in zip(jax.tree.leaves(runs["kl", 1]), jax.tree.leaves(runs["kl", 2]), strict=True))
+
+
 # ----------------------------------------------------------------------------- the loop
 
 FUNMATCH = distill_cfg(policy="funmatch", epochs=10, num_evals=4)  # 100 steps, evals at 25, 50, 75, 100
@@ -422,3 +481,58 @@ def test_runs_of_any_length_share_one_step_program(teacher, fmnist_small):
         multi = make_multi_step(make_cohort_step([cfg], [student], teacher.model, [opt], 10, 28, 28), cfg.batch_size)
         texts.append(jax.jit(multi).lower(states, teacher.params, None, resident, 0, 5).as_text())
     assert texts[0] == texts[1]
+
+
+def _lowered_step(cfg, teacher, data):
+    """The text of `cfg`'s one-program step, lowered for its shapes (nothing is computed)."""
+    from ablate.step import make_cohort_step
+
+    total = num_steps(cfg, len(student_source(cfg, data)))
+    student = build_model(cfg.model, 10)
+    opt = optim.paper_optimizer(cfg.lr, cfg.wd, total, round(cfg.warmup_frac * total), cfg.clip)
+    params = jax.eval_shape(student.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    states = (TrainState(params, jax.eval_shape(opt.init, params), jax.ShapeDtypeStruct((), jnp.int32)),)
+    b = cfg.batch_size
+    batch = {"image": jax.ShapeDtypeStruct((b, 28, 28, 1), jnp.uint8), "label": jax.ShapeDtypeStruct((b,), jnp.int32),
+             "index": jax.ShapeDtypeStruct((b,), jnp.int32)}
+    step = make_cohort_step([cfg], [student], teacher.model, [opt], 10, 28, 28)
+    return jax.jit(step).lower(states, teacher.params, None, batch, jax.random.key(0)).as_text()
+
+
+def test_fields_outside_the_step_leave_its_program_unchanged(teacher, fmnist_small):
+    """Every field of `NOT_IN_STEP` leaves the step's program as it is (so runs may share it), and a field outside
+    that list, the learning rate, does change it (the comparison can fail)."""
+    from ablate.step import NOT_IN_STEP
+
+    changed = dict(epochs=300, seed=4, num_evals=7, eval_spacing="log", subset_seed=9, init="0123456789ab",
+                   init_seed=5)
+    assert set(changed) == set(NOT_IN_STEP)
+    reference = _lowered_step(FUNMATCH, teacher, fmnist_small)
+    for field, value in changed.items():
+        assert _lowered_step(FUNMATCH.replace(**{field: value}), teacher, fmnist_small) == reference, field
+    assert _lowered_step(FUNMATCH.replace(lr=0.5), teacher, fmnist_small) != reference
+
+
+def test_a_later_run_reuses_the_step_program_and_trains_exactly_as_alone(teacher, fmnist_small):
+    """Runs that differ only in `NOT_IN_STEP` get one compiled step in a process; the later run's result equals
+    what it gives with the step built afresh (bit for bit), so nothing of the first run (its schedule's length,
+    its seed) is carried over."""
+    from ablate import step as step_lib
+
+    _, eval_teacher = run_inputs(FUNMATCH, fmnist_small, teacher)
+    first, later = FUNMATCH.replace(epochs=4, num_evals=1), FUNMATCH.replace(epochs=6, seed=1, num_evals=1)
+    kw = dict(teacher=teacher, eval_teacher=eval_teacher, **QUIET)
+    step_lib._PROGRAMS.clear()
+    train(first, fmnist_small, **kw)
+    programs = dict(step_lib._PROGRAMS)
+    reused = train(later, fmnist_small, **kw)
+    assert dict(step_lib._PROGRAMS) == programs  # no new program
+    step_lib._PROGRAMS.clear()
+    alone = train(later, fmnist_small, **kw)
+    assert len(step_lib._PROGRAMS) == 1
+    for a, b in zip(jax.tree.leaves(reused.params), jax.tree.leaves(alone.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert no_time(reused.summary) == no_time(alone.summary)
+    other = train(later.replace(lr=0.02), fmnist_small, **kw)
+    assert len(step_lib._PROGRAMS) == 2 and not np.array_equal(np.asarray(jax.tree.leaves(other.params)[0]),
+                                                                np.asarray(jax.tree.leaves(alone.params)[0]))

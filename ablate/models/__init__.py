@@ -16,6 +16,18 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return MODELS.get(name)(num_classes)
 
 
+def apply_with_features(model: nn.Module, params, x):
+    """(logits, the output of each stage in order): the forward pass keeping what the model `sow`s as "stage1",
+    "stage2", ... in its "intermediates" collection, for losses on intermediate activations (attention transfer)."""
+    logits, state = model.apply({"params": params}, x, mutable=["intermediates"])
+    stages = state.get("intermediates", {})
+    if not stages:
+        raise ValueError(f"model {type(model).__name__} exposes no intermediate activations: a loss on features "
+                         "needs models that sow each stage's output as 'stage1', 'stage2', ... "
+                         "(self.sow('intermediates', 'stage1', x))")
+    return logits, tuple(stages[k][0] for k in sorted(stages, key=lambda k: int(k.removeprefix("stage"))))
+
+
 @MODELS.register("resnet_t")
 def resnet_t(num_classes: int) -> nn.Module:
     """Default teacher for 28 px images: basic ResNetV2, widths 32/64/128, one unit per stage (~308k params)."""

@@ -217,6 +217,9 @@ class ResNetV2(nn.Module):
                     x = BasicUnit(width, stride, self.groups, name=name)(x)
                 else:
                     raise ValueError(f"unit must be 'bottleneck' or 'basic', got {self.unit!r}")
+            # each stage's output, for losses on intermediate activations (`ablate.models.apply_with_features`);
+            # kept only when the caller asks for the collection, so other losses pay nothing
+            self.sow("intermediates", f"stage{i + 1}", x)
 
         x = nn.relu(group_norm(x.shape[-1], self.groups, "norm-pre-head")(x))
         x = jnp.mean(x, axis=(1, 2))
