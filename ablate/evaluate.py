@@ -3,6 +3,7 @@ and the metrics."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import weakref
@@ -17,6 +18,7 @@ from ablate import lanes as lanes_lib
 from ablate import parallel, views, xla_flags
 from ablate.config import EVAL_SPACINGS
 from ablate.data import ArraySource
+from ablate.models import params_fingerprint
 
 EVAL_CHUNK = 1000
 
@@ -62,6 +64,26 @@ def predict(model: nn.Module, params, source, view: str, resolution: int) -> np.
     if isinstance(source, ArraySource) and len(source) and jax.device_count() == 1:
         return predict_split(model, params, source, view, resolution)
     return predict_chunked(model, params, source, view, resolution)
+
+
+_AT_START: collections.OrderedDict = collections.OrderedDict()
+STARTS_KEPT = 16
+
+
+def predict_at_start(model: nn.Module, params, source, view: str, resolution: int) -> np.ndarray:
+    """`predict` for a run's starting parameters, remembered for the process (the last `STARTS_KEPT`): a study's
+    cells that start from the same parameters (one model, one initialisation seed) evaluate step 0 once. Keyed
+    by the parameters' content, so what is reused is the same computation's result."""
+    if jax.process_count() > 1:  # parameters spread over hosts: not fingerprinted here
+        return predict(model, params, source, view, resolution)
+    key = (model, params_fingerprint(params), id(source), view, resolution)
+    if key not in _AT_START:
+        _AT_START[key] = predict(model, params, source, view, resolution)
+        weakref.finalize(source, _AT_START.pop, key, None)
+        while len(_AT_START) > STARTS_KEPT:
+            _AT_START.popitem(last=False)
+    _AT_START.move_to_end(key)
+    return _AT_START[key]
 
 
 def predict_split(model: nn.Module, params, source: ArraySource, view: str, resolution: int) -> np.ndarray:

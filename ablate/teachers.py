@@ -17,7 +17,7 @@ from ablate.config import RunConfig, content_hash
 from ablate.data import DatasetSplits, load_dataset
 from ablate.evaluate import Frozen, predict, stack_images
 from ablate.lanes import map_rows
-from ablate.models import build_model
+from ablate.models import build_model, params_fingerprint  # noqa: F401  (re-exported)
 from ablate.stream import student_source
 from ablate.teacher_registry import (BIT_DIR_ENV, NPZ_FORMAT, NPZ_PREFIX, PAPER_TEACHERS,  # noqa: F401
                                      TEACHERS, CheckpointTeacher, NamedTeacher, bit_dir, parse_npz_name,
@@ -69,14 +69,6 @@ class Teacher(Frozen):
     name: str = ""
     fingerprint: str = ""  # SHA-256 of the parameters: keys every cache derived from this teacher
     summary: dict = dataclasses.field(default_factory=dict)
-
-
-def params_fingerprint(params) -> str:
-    h = hashlib.sha256()
-    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
-        h.update(jax.tree_util.keystr(path).encode())
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()
 
 
 def get_teacher(name: str, data: DatasetSplits | None = None, *, progress: bool = True,

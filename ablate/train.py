@@ -24,7 +24,7 @@ from ablate import checkpoint, optim, parallel
 from ablate import lanes as lanes_lib
 from ablate.config import ConfigError, RunConfig, num_steps
 from ablate.data import ArraySource, DatasetSplits
-from ablate.evaluate import Frozen, all_finite, eval_metrics, evaluation_steps, predict
+from ablate.evaluate import Frozen, all_finite, eval_metrics, evaluation_steps, predict, predict_at_start
 from ablate.losses import LossSpec
 from ablate.models import build_model
 from ablate.policies import POLICIES
@@ -167,7 +167,8 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
         tracker["loss_sum"], tracker["loss_count"] = 0.0, 0
         for split in ("val", "test"):
             src = getattr(data, split)
-            logits = predict(students[j], params, src, data.eval_view, s_res)
+            at = predict_at_start if step == 0 else predict  # cells of one seed and model start alike
+            logits = at(students[j], params, src, data.eval_view, s_res)
             zt = None if eval_teacher is None else eval_teacher[split]
             row.update(eval_metrics(logits, zt, np.asarray(src.labels), split))
         tracker["last"] = dict(row)

@@ -134,6 +134,27 @@ def test_a_run_evaluates_at_its_log_steps(fmnist_small):
     assert [row["step"] for row in result.history] == [0, 2, 4, 8]
 
 
+def test_runs_that_start_alike_evaluate_step_0_once(fmnist_small, monkeypatch):
+    """Two runs from the same initialisation (one seed, one model, here another learning rate) share their step-0
+    evaluation: the second computes no logits there and logs the first's numbers; another seed starts from other
+    parameters and is evaluated (its numbers may still be equal: the zero-initialised head predicts class 0
+    everywhere)."""
+    from ablate.train import train
+
+    computed = []
+    original = evaluate.predict
+    monkeypatch.setattr(evaluate, "predict", lambda *a, **k: computed.append(1) or original(*a, **k))
+    evaluate._AT_START.clear()
+    cfg = RunConfig(policy="supervised", loss="label_ce", teacher=None, model="resnet_xs", subset_per_class=10,
+                    batch_size=50, epochs=2, num_evals=1)
+    first = train(cfg, fmnist_small, progress=False).history[0]
+    assert len(computed) == 2  # val and test at step 0 (later evaluations call train's own predict)
+    again = train(cfg.replace(lr=0.05), fmnist_small, progress=False).history[0]
+    assert len(computed) == 2 and again == {**first, "time/train_s": again["time/train_s"]}
+    train(cfg.replace(seed=1), fmnist_small, progress=False)
+    assert len(computed) == 4
+
+
 # ----------------------------------------------------------------------------- the teacher on the splits
 
 def _random_teacher(net, **changes) -> Teacher:

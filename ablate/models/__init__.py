@@ -16,6 +16,20 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return MODELS.get(name)(num_classes)
 
 
+def params_fingerprint(params) -> str:
+    """A content hash of a parameter tree (names and values): equal for equal parameters, wherever they came from."""
+    import hashlib
+
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(params), key=lambda kv: jax.tree_util.keystr(kv[0])):
+        h.update(jax.tree_util.keystr(path).encode())
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
 def apply_with_features(model: nn.Module, params, x):
     """(logits, the output of each stage in order): the forward pass keeping what the model `sow`s as "stage1",
     "stage2", ... in its "intermediates" collection, for losses on intermediate activations (attention transfer)."""
