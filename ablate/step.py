@@ -61,13 +61,29 @@ def shared_inputs(cfg: RunConfig) -> str:
     return content_hash({k: v for k, v in canonical.items() if k not in MEMBER_FIELDS})
 
 
-def cohort_key(cfg: RunConfig) -> str | None:
-    """Equal for runs worth training as one cohort; None for a run that trains alone.
+SEED_FIELDS = ("seed", "init_seed")
+"""What the runs of a seed cohort differ in: data order, views, mixup and initialisation."""
 
-    Only policies that run the teacher during training form cohorts: sharing its
-    forward pass is what pays (benchmarks/bench_seeds.py: 1.4-1.8x for 4 funmatch
-    students, ~1.0x for fixed-teacher ones).
+
+def seed_key(cfg: RunConfig) -> str:
+    """Equal for runs that differ only in their seeds: on an accelerator they train vmapped, as one program."""
+    canonical = RunConfig.from_dict(cfg.to_dict()).to_dict()
+    return content_hash({k: v for k, v in canonical.items() if k not in SEED_FIELDS})
+
+
+def cohort_key(cfg: RunConfig, backend: str | None = None) -> str | None:
+    """Equal for runs worth training as one cohort on `backend` (default: jax's); None for a run that trains alone.
+
+    On CPU, runs that share their inputs (`shared_inputs`), for policies that
+    run the teacher during training: sharing its forward pass is what pays
+    there (benchmarks/bench_seeds.py: 1.4-1.8x for 4 funmatch students, ~1.0x
+    for fixed-teacher ones), while vmapping runs over seeds is 0.42x (vmapped
+    convolutions become grouped ones). On an accelerator, whose steps of these
+    models wait on launches, runs that differ only in their seeds (`seed_key`),
+    any policy: one program trains them all (`make_seed_multi_step`).
     """
+    if (backend or jax.default_backend()) != "cpu":
+        return "seeds:" + seed_key(cfg)
     return shared_inputs(cfg) if POLICIES.get(cfg.policy).runs_teacher else None
 
 
@@ -220,6 +236,26 @@ class Resident(NamedTuple):
     labels: jax.Array
     order: jax.Array  # the run's data-order key (`ablate.stream.order_key`)
     views: jax.Array  # the base key of its views and mixup, folded with the step (as the per-step loop does)
+
+
+def make_seed_multi_step(run_step, batch_size: int):
+    """`make_multi_step` of one run's step, vmapped over runs that differ only in their seeds: `(states,
+    teacher_params, targets, resident, start, count) -> (states, loss_sums, first_bad)` as there, with `states`
+    the runs' TrainStates and `resident.order` and `.views` stacked, one key per run.
+
+    Each run draws its own batches, views and mixup from its keys inside the program; the training set, the
+    teacher and the fixed targets are shared. The runs' states are stacked and unstacked inside the program.
+    """
+    multi = jax.vmap(make_multi_step(run_step, batch_size),
+                     in_axes=(0, None, None, Resident(None, None, 0, 0), None, None))
+
+    def seeds_multi_step(states, teacher_params, targets, resident: Resident, start, count):
+        stacked = (jax.tree.map(lambda *leaves: jnp.stack(leaves), *states),)
+        (out,), sums, first_bad = multi(stacked, teacher_params, targets, resident, start, count)
+        runs = tuple(jax.tree.map(lambda leaf, j=j: leaf[j], out) for j in range(len(states)))
+        return runs, sums[:, 0], first_bad[:, 0]
+
+    return seeds_multi_step
 
 
 def make_multi_step(cohort_step, batch_size: int):

@@ -28,8 +28,8 @@ from ablate.evaluate import Frozen, all_finite, eval_metrics, evaluation_steps, 
 from ablate.losses import LossSpec
 from ablate.models import build_model
 from ablate.policies import POLICIES
-from ablate.step import (Resident, TrainState, accumulate, compile_cohort_step, make_cohort_step, make_multi_step,
-                         no_losses)
+from ablate.step import (SEED_FIELDS, Resident, TrainState, accumulate, compile_cohort_step, make_cohort_step,
+                         make_multi_step, make_seed_multi_step, no_losses, seed_key, shared_inputs)
 from ablate.stream import batches, order_key, student_source
 
 accumulate_step = jax.jit(accumulate)  # the per-step loop's bookkeeping, as the multi-step program does it
@@ -105,7 +105,9 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
                  targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
                  progress: bool = True, desc: str = "",
                  use_multi_step: bool | None = None) -> list[RunResult | NonFiniteError]:
-    """Train runs that share their inputs (one `shared_inputs`) together: one data stream and one teacher forward.
+    """Train runs that share their inputs (one `shared_inputs`) together: one data stream and one teacher forward;
+    or, on an accelerator, runs that differ only in their seeds (one `seed_key`), vmapped in one program of
+    blocks of steps (one after another where the training set is not in memory on one device).
 
     Each member evaluates, checkpoints and reports exactly as it would alone
     (`train`). A member whose loss or parameters stop being finite gets its
@@ -139,7 +141,22 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     t_model = teacher.model if teacher else None
     base_key = jax.random.key(cfg.seed)  # of the views and mixup, folded with the step
     resident, multi_step, step_fn = None, None, None
-    if multi_step_ok(source, dp, lanes) if use_multi_step is None else use_multi_step:
+    seeds = len({shared_inputs(c) for c in cfgs}) > 1  # a seed cohort (accelerators: `ablate.step.cohort_key`)
+    if seeds:
+        if len({seed_key(c) for c in cfgs}) > 1:
+            raise ValueError("a cohort's runs share their inputs or differ only in their seeds "
+                             f"({', '.join(SEED_FIELDS)}); these differ in more")
+        if use_multi_step is False:
+            raise ValueError("runs of different seeds train together only in blocks of steps (use_multi_step)")
+        if not isinstance(source, ArraySource) or dp.size > 1:  # no resident training set: one after another
+            return [train_cohort([m], data, teacher=teacher, targets=targets, eval_teacher=eval_teacher,
+                                 progress=progress, desc=desc)[0] for m in members]
+        images, labels = jnp.asarray(source.images), jnp.asarray(source.labels)
+        resident = Resident(images, labels, jnp.stack([order_key(c.seed) for c in cfgs]),
+                            jnp.stack([jax.random.key(c.seed) for c in cfgs]))
+        run_step = make_cohort_step(cfgs[:1], students[:1], t_model, optimizers[:1], data.num_classes, s_res, t_res)
+        multi_step = jax.jit(make_seed_multi_step(run_step, cfg.batch_size), donate_argnums=(0,))
+    elif multi_step_ok(source, dp, lanes) if use_multi_step is None else use_multi_step:
         resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed), base_key)
         cohort_step = make_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res)
         multi_step = jax.jit(make_multi_step(cohort_step, cfg.batch_size), donate_argnums=(0,))

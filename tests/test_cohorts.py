@@ -333,3 +333,83 @@ def test_a_bad_seed_field_is_a_clear_study_error(tmp_path, capsys):
     path.write_text(tiny_study(**{**INIT_SEEDS, "seed_field": "data_seed"}))
     assert main(["run", str(path), "--store", str(tmp_path / "store"), "--dry-run"]) == 2
     assert "seed_field must be one of seed, init_seed, got 'data_seed'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- seed cohorts (accelerators)
+
+SEEDS = [cfg(seed=s, optimizer="sgdm", lr=0.03) for s in (0, 1, 2)]  # 3 runs of 40 steps, only their seeds differ
+
+
+def test_on_an_accelerator_runs_that_differ_in_their_seeds_form_a_cohort():
+    """On a GPU or TPU the cohort key ignores the seeds (data order, views, mixup, initialisation) and nothing else,
+    for every policy; on CPU seeds never share a cohort (vmapped convolutions are 0.42x there)."""
+    for backend in ("gpu", "tpu"):
+        assert len({cohort_key(c, backend) for c in [*SEEDS, SEEDS[0].replace(init_seed=4)]}) == 1
+        assert cohort_key(A.replace(lr=3e-2), backend) != cohort_key(A, backend)
+        assert cohort_key(A.replace(policy="fix/rs", seed=1), backend) == cohort_key(A.replace(policy="fix/rs"), backend)
+    assert len({cohort_key(c, "cpu") for c in SEEDS}) == 3
+    assert cohort_key(A.replace(policy="fix/rs"), "cpu") is None
+
+
+@pytest.fixture(scope="module")
+def seed_cohort(inputs, fmnist_small):
+    """SEEDS trained each alone and as one vmapped cohort, both in blocks of steps (as on an accelerator)."""
+    alone = [train(c, fmnist_small, use_multi_step=True, **inputs) for c in SEEDS]
+    together = train_cohort([Member(c) for c in SEEDS], fmnist_small, use_multi_step=True, **inputs)
+    return alone, together
+
+
+def assert_close_run(a, b):
+    """Parameters and metrics equal up to float32 rounding: a vmapped convolution sums in another order than the
+    same convolution alone. Hence SEEDS' SGD: its updates are linear in the gradients, so rounding differences
+    stay at rounding size, while Adam divides each gradient entry by its own running size and turns rounding
+    noise in entries near zero into whole steps (measured: equal after one step, 1e-3 to 6e-3 apart after five)."""
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-4)
+    assert [r["step"] for r in a.history] == [r["step"] for r in b.history]
+    for ra, rb in zip(a.history, b.history):
+        for k in ra:
+            if "acc" in k or "agree" in k:  # 1,000 examples: 0.003 is 3 predictions
+                assert ra[k] == pytest.approx(rb[k], abs=0.003), k
+            elif "time/" not in k:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-3, abs=1e-6), k
+
+
+def test_a_seed_cohort_member_trains_as_it_does_alone(seed_cohort):
+    """Each member of a vmapped seed cohort draws its own batches, views, mixup and initialisation: it ends where
+    the same run trained alone ends (up to rounding), and the members differ from each other by much more."""
+    alone, together = seed_cohort
+    for a, b in zip(alone, together, strict=True):
+        assert_close_run(a, b)
+    first, second = (np.asarray(jax.tree.leaves(r.params)[0]) for r in together[:2])
+    assert np.abs(first - second).max() > 100 * 1e-4
+
+
+def test_a_killed_seed_cohort_resumes_run_by_run(seed_cohort, inputs, fmnist_small, tmp_path):
+    """A seed cohort killed at its first evaluation after step 0 leaves the members evaluated before the kill a
+    checkpoint there; each run then resumes from its checkpoint or starts again (alone, as `ablate run` resumes
+    cells with checkpoints) and ends as the uninterrupted member did."""
+    _, together = seed_cohort
+
+    def interrupt(row):
+        if row["step"] == 20:
+            raise KeyboardInterrupt
+
+    members = [Member(c, ckpt_dir=tmp_path / str(c.seed), on_eval=interrupt if c.seed == 2 else None) for c in SEEDS]
+    with pytest.raises(KeyboardInterrupt):
+        train_cohort(members, fmnist_small, use_multi_step=True, **inputs)
+    for c, whole in zip(SEEDS, together):
+        resumed_at = []
+        rest = train(c, fmnist_small, ckpt_dir=tmp_path / str(c.seed), on_resume=resumed_at.append,
+                     use_multi_step=True, **inputs)
+        assert resumed_at == ([] if c.seed == 2 else [20])  # the last member stopped before its checkpoint
+        assert_close_run(rest, dataclasses.replace(whole, history=[r for r in whole.history
+                                                                   if r["step"] > (resumed_at or [-1])[0]]))
+
+
+def test_runs_of_other_fields_or_without_blocks_do_not_train_as_a_seed_cohort(inputs, fmnist_small):
+    """A cohort mixing seeds with student-side changes, or seeds without blocks of steps: a clear ValueError."""
+    with pytest.raises(ValueError, match="differ only in their seeds"):
+        train_cohort([Member(A), Member(A.replace(seed=1, lr=3e-2))], fmnist_small, use_multi_step=True, **inputs)
+    with pytest.raises(ValueError, match="only in blocks of steps"):
+        train_cohort([Member(A), Member(A.replace(seed=1))], fmnist_small, use_multi_step=False, **inputs)
