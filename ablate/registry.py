@@ -26,7 +26,8 @@ class Registry(Generic[T]):
         """Register under `name`; the same definition imported again (a study file loaded twice) replaces itself,
         a different one under a taken name is an error that says where both come from."""
         def decorate(entry: T) -> T:
-            if name in self._entries and _origin(self._entries[name]) != _origin(entry):
+            old = self._entries.get(name)
+            if name in self._entries and not (_origin(old) == _origin(entry) or _equal(old, entry)):
                 raise ValueError(f"{self.kind} {name!r} is registered twice: by {_where(self._entries[name])} "
                                  f"and by {_where(entry)}; give one of them another name")
             self._entries[name] = entry
@@ -67,6 +68,14 @@ def _origin(entry: object) -> tuple:
     if code is None:
         return (id(entry),)
     return code.co_filename, code.co_firstlineno, getattr(fn, "__qualname__", "")
+
+
+def _equal(a: object, b: object) -> bool:
+    """Equal values (a teacher's recipe registered again from the same file), never an error."""
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - arrays and the like: not equal as values
+        return False
 
 
 def _where(entry: object) -> str:

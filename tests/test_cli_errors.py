@@ -30,7 +30,7 @@ def assert_nothing_written(store):
     ("--policy", "funmatchh", POLICIES),
     ("--loss", "kl + 0.1*label_cee", LOSSES),
     ("--model", "resnet_xxl", MODELS),
-    ("--dataset", "cifar10", DATASETS),
+    ("--dataset", "no_such_dataset", DATASETS),
     ("--teacher", "no_such_teacher", TEACHERS),
 ])
 def test_unknown_names_exit_2_and_list_valid_names(tmp_path, capsys, flag, value, registry):

@@ -36,7 +36,7 @@ def test_known_split_sizes_follow_tfds_slicing():
     """Train sizes the estimates use: the paper's train splits, sliced by TFDS's own rules."""
     assert {n: s.sizes[0] for n, s in SPECS.items()} == {
         "oxford_flowers102": 1020, "oxford_iiit_pet": 3312, "food101": 68175, "sun397": 76127,
-        "imagenet2012": 1255544}
+        "imagenet2012": 1255544, "cifar10": 45000, "cifar100": 45000}
     assert SPECS["oxford_iiit_pet"].sizes == (3312, 368, 3669)
     assert split_size("train[:10%]+test", {"train": 100, "test": 7}) == 17
     assert split_size("validation", {"train": 100}) is None
@@ -171,7 +171,7 @@ def test_checkpoint_teacher_errors(no_data, tiny_bit_model):
     with pytest.raises(DataError, match="head/kernel"):
         get_teacher(f"npz:{tiny_bit_model}:oxford_flowers102:32:five.npz", log=lambda *a: None)
     for bad, msg in [("npz:bit_r50x1:oxford_flowers102:x.npz", "npz:MODEL:DATASET:RESOLUTION:PATH"),
-                     ("npz:bit_r50x1:cifar10:128:x.npz", "unknown dataset 'cifar10'"),
+                     ("npz:bit_r50x1:no_such_set:128:x.npz", "unknown dataset 'no_such_set'"),
                      ("npz:bit_r50x1:food101:big:x.npz", "RESOLUTION must be an int")]:
         with pytest.raises(ConfigError, match=msg):
             validate(RunConfig(dataset="food101", teacher=bad, model="bit_r50x1"))

@@ -320,6 +320,24 @@ def test_a_loss_defined_in_a_study_file_is_one_decorated_function(teacher, tmp_p
     assert "loss 'my_pearson' is registered twice" in err and "user_loss.py" in err and "other.py" in err
 
 
+def test_the_readme_example_brings_its_own_dataset_model_and_teacher(teacher, tmp_path, capsys):
+    """docs/bring_your_own.py, shown whole in the README, registers a dataset, a model and a teacher from a study
+    file; its quick preset trains the teacher and both cells, and the file loads again in the same process."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    example = root / "docs" / "bring_your_own.py"
+    assert example.read_text() in (root / "README.md").read_text()
+    store = tmp_path / "store"
+    args = ["run", str(example), "--preset", "quick", "--store", str(store), "--wandb", "disabled", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "teacher tops_t: test acc" in out and "2 ran, 0 already done, 0 failed" in out
+    configs = [json.loads(p.read_text())["config"] for p in store.glob("*/config.json")]
+    assert {(c["dataset"], c["model"], c["teacher"]) for c in configs} == {("fmnist_tops", "plain_cnn", "tops_t")}
+    for summary in (json.loads(p.read_text()) for p in store.glob("*/summary.json")):
+        assert summary["last/test/acc"] > 0.2 and summary["teacher/test/acc"] > 0.3  # 5 classes: chance is 0.2
+    assert main(args) == 0 and "0 ran, 2 already done" in capsys.readouterr().out
+
+
 def test_excluded_cells_are_left_out_before_they_are_validated(tmp_path):
     """`exclude` drops the cells matching all of one dict's axis values (variant labels included), and only those:
     here an attention-transfer loss with a fixed teacher, a config that would fail validation."""

@@ -83,7 +83,8 @@ def test_registered_datasets_with_mock_data(name, monkeypatch):
 
 def test_source_sizes():
     assert {n: s.source_size for n, s in T.SPECS.items()} == {
-        "oxford_flowers102": 160, "oxford_iiit_pet": 160, "food101": 160, "sun397": 160, "imagenet2012": 280}
+        "oxford_flowers102": 160, "oxford_iiit_pet": 160, "food101": 160, "sun397": 160, "imagenet2012": 280,
+        "cifar10": 40, "cifar100": 40}
 
 
 def test_real_array_record_path(tiny_dir, monkeypatch):

@@ -7,7 +7,10 @@ crop) is then a central crop of the record, and random/inception crops have
 1.25x headroom. Images are fitted to S x S lazily in `__getitem__`, by
 default aspect-preserving ("crop": central square, then resize; loses the
 periphery of non-square images) or optionally "squash" (whole image resized
-to a square; keeps everything, distorts the aspect ratio).
+to a square; keeps everything, distorts the aspect ratio). The CIFARs' specs
+fit by "zeropad" instead: the image at the model resolution, zero-padded to S, so
+that random crops are the usual pad-and-crop augmentation and the central crop
+is the image itself.
 
 The datasets must be prepared once in ArrayRecord format (see `how_to_prepare`);
 nothing here downloads. TensorFlow is never imported.
@@ -38,6 +41,9 @@ class TfdsSpec:
     resolution: int
     # Example counts of the TFDS splits (TFDS catalog), so dry runs can size a run without the data.
     num_examples: dict = dataclasses.field(default_factory=dict, hash=False)
+    # How records are fitted to the source size by default (see `fit_image`): "zeropad" for the CIFARs, whose images
+    # are the model's resolution and whose standard augmentation is a random crop of the image padded by 4 px
+    fit: str = "crop"
 
     @property
     def source_size(self) -> int:
@@ -65,6 +71,13 @@ SPECS = {
                        {"train": 76127, "validation": 10875, "test": 21750}),
     "imagenet2012": TfdsSpec("imagenet2012", ("train[:98%]", "train[99%:]", "validation"), 1000, 224,
                              {"train": 1281167, "validation": 50000}),
+    # CRD's / mdistiller's CIFAR benchmark at 32 px. Records are the 32 px images zero-padded by 4 px to 40 px:
+    # the "rc" view is then the standard augmentation (a random 32 px crop of the padded image, flipped at random;
+    # at sub-pixel offsets) and the "cc" eval view the image itself, pixel for pixel
+    "cifar10": TfdsSpec("cifar10", ("train[:90%]", "train[90%:]", "test"), 10, 32,
+                        {"train": 50000, "test": 10000}, fit="zeropad"),
+    "cifar100": TfdsSpec("cifar100", ("train[:90%]", "train[90%:]", "test"), 100, 32,
+                         {"train": 50000, "test": 10000}, fit="zeropad"),
 }
 MANUAL = {"imagenet2012": ("ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org/"
                            "download-images (registration required)")}
@@ -161,7 +174,8 @@ def open_data_source(name: str, split: str, data_dir: str | None, decoders=None)
 
 
 def fit_image(image: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
-    """Any HxW[xC] uint8 image -> (size, size, 3) uint8: 'crop' = central square then resize, 'squash' = resize."""
+    """Any HxW[xC] uint8 image -> (size, size, 3) uint8: 'crop' = central square then resize, 'squash' = resize,
+    'zeropad' = central square resized to round(size / 1.25) (the model resolution), then zero-padded to size."""
     from PIL import Image
 
     image = np.asarray(image, np.uint8)
@@ -169,11 +183,15 @@ def fit_image(image: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
         image = image[..., None]
     image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
     h, w = image.shape[:2]
-    if fit == "crop":
+    if fit in ("crop", "zeropad"):
         s = min(h, w)
         image = image[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
     elif fit != "squash":
-        raise ValueError(f"fit must be 'crop' or 'squash', got {fit!r}")
+        raise ValueError(f"fit must be 'crop', 'squash' or 'zeropad', got {fit!r}")
+    if fit == "zeropad":
+        inner = round(size / 1.25)
+        lo, hi = (size - inner) // 2, size - inner - (size - inner) // 2
+        return np.pad(fit_image(image, inner), ((lo, hi), (lo, hi), (0, 0)))
     if image.shape[:2] == (size, size):
         return np.ascontiguousarray(image)
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))  # antialiased when shrinking
@@ -199,8 +217,8 @@ class TfdsSource:
     """
 
     def __init__(self, name: str, split: str, data_dir: str | None, size: int, fit: str = "crop"):
-        if fit not in ("crop", "squash"):
-            raise ValueError(f"fit must be 'crop' or 'squash', got {fit!r}")
+        if fit not in ("crop", "squash", "zeropad"):
+            raise ValueError(f"fit must be 'crop', 'squash' or 'zeropad', got {fit!r}")
         self.name, self.split, self.data_dir, self.size, self.fit = name, split, data_dir, size, fit
         self.source = open_data_source(name, split, data_dir)
         self._labels: np.ndarray | None = None
@@ -238,11 +256,13 @@ class TfdsSource:
 
 
 def load_tfds(name: str, data_dir: str | os.PathLike | None = None, source_size: int | None = None,
-              fit: str = "crop") -> DatasetSplits:
-    """The splits of registered TFDS dataset `name` (see SPECS) as fixed-size uint8 records."""
+              fit: str | None = None) -> DatasetSplits:
+    """The splits of registered TFDS dataset `name` (see SPECS) as fixed-size uint8 records (fitted as `fit`, by
+    default the spec's)."""
     spec = SPECS[name]
     data_dir = resolve_data_dir(data_dir)
     size = source_size or spec.source_size
+    fit = fit or spec.fit
     train, val, test = (TfdsSource(spec.tfds_name, s, data_dir, size, fit) for s in spec.splits)
     label = train.features["label"]
     if label.num_classes != spec.num_classes:
@@ -255,7 +275,7 @@ def load_tfds(name: str, data_dir: str | os.PathLike | None = None, source_size:
 def _register(name: str) -> None:
     spec = SPECS[name]
 
-    def load(data_dir: str | os.PathLike | None = None, source_size: int | None = None, fit: str = "crop"):
+    def load(data_dir: str | os.PathLike | None = None, source_size: int | None = None, fit: str | None = None):
         return load_tfds(name, data_dir=data_dir, source_size=source_size, fit=fit)
 
     load.__doc__ = (f"TFDS {spec.tfds_name}, {spec.num_classes} classes at {spec.resolution} px: train "

@@ -85,3 +85,32 @@ for _depth, _blocks in _BIT_DEPTHS.items():
         _build = _bit(_blocks, _width)
         _build.__doc__ = f"BiT ResNetV2-{_depth}x{_width} (GroupNorm, weight standardisation, zero-init head)."
         MODELS.register(f"bit_r{_depth}x{_width}")(_build)
+
+
+def _cifar_resnet(depth: int, widths: tuple[int, ...]):
+    def build(num_classes: int) -> nn.Module:
+        from ablate.models.cifar import CifarResNet
+
+        return CifarResNet(num_classes, depth, widths)
+
+    build.__doc__ = (f"CIFAR ResNet-{depth} of CRD/mdistiller: stem {widths[0]}, stages "
+                     f"{'/'.join(map(str, widths[1:]))}, basic blocks, GroupNorm instead of BatchNorm, zero-init head.")
+    return build
+
+
+def _wrn(depth: int, widen_factor: int):
+    def build(num_classes: int) -> nn.Module:
+        from ablate.models.cifar import WideResNet
+
+        return WideResNet(num_classes, depth, widen_factor)
+
+    build.__doc__ = (f"WRN-{depth}-{widen_factor} of CRD/mdistiller for 32 px images: pre-activation, GroupNorm "
+                     "instead of BatchNorm, no dropout, zero-init head.")
+    return build
+
+
+# CRD's / mdistiller's CIFAR-100 teacher/student pairs (resnet32x4 -> resnet8x4, wrn_40_2 -> wrn_16_2)
+MODELS.register("resnet8x4")(_cifar_resnet(8, (32, 64, 128, 256)))
+MODELS.register("resnet32x4")(_cifar_resnet(32, (32, 64, 128, 256)))
+MODELS.register("wrn_16_2")(_wrn(16, 2))
+MODELS.register("wrn_40_2")(_wrn(40, 2))
