@@ -272,6 +272,8 @@ def cmd_run(args) -> int:
     workers.check_count(args.workers)
     runner = _runner(args)
     pending = [c for c in grid if not runner.store.is_done(c.run_id)]
+    for run_id in {c.run_id for c in grid} - {c.run_id for c in pending}:
+        runner.store.drop_stale_lock(run_id)
     runner.preflight(pending)  # bad input fails before any run
     group, desc = study.name, f"{study.name} ({args.preset or 'default'})"
     for name in sorted({c.config.teacher for c in pending if c.config.teacher}):

@@ -227,6 +227,13 @@ class RunStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def drop_stale_lock(self, run_id: str) -> None:
+        """Break a lock whose process is gone: `finish` marks a run done, then drops its lock, and a process
+        killed between the two leaves a dead lock on a done run, which no claim would otherwise come back to."""
+        lock = self.run_dir(run_id) / "lock"
+        if lock.exists() and self._stale(lock):
+            lock.unlink(missing_ok=True)
+
     def release(self, run_id: str) -> None:
         """Drop the lock if this process holds it."""
         lock = self.run_dir(run_id) / "lock"

@@ -16,6 +16,7 @@ import pathlib
 import random
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -266,6 +267,24 @@ def test_claim_then_recheck_closes_the_race(work, reference, tmp_path):
     assert runner.run(cell, group="rel") == "skipped"
     assert tree_digest(store) == before
     assert not (store / cell.run_id / "lock").exists()
+
+
+def test_a_dead_lock_on_a_done_run_is_cleared_by_the_next_study_run(work, reference, tmp_path, capsys):
+    """A process killed between marking its run done and dropping the lock leaves a dead lock: rerunning the study
+    clears it, reruns nothing, and a live process's lock is left alone."""
+    _, study = work
+    store = tmp_path / "store"
+    shutil.copytree(reference["store"], store, ignore=shutil.ignore_patterns("wandb"))
+    dead, alive = reference["ids"]
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that has exited
+    (store / dead / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": child.pid, "start": 1}))
+    live = {"host": socket.gethostname(), "pid": os.getppid()}
+    (store / alive / "lock").write_text(json.dumps(live))
+    assert main(["run", study, "--store", str(store), "--wandb", "disabled", "--no-progress"]) == 0
+    assert "0 ran, 2 already done" in capsys.readouterr().out
+    assert not (store / dead / "lock").exists()
+    assert json.loads((store / alive / "lock").read_text()) == live
 
 
 # ----------------------------------------------------------------------------- numerical faults
