@@ -114,3 +114,19 @@ MODELS.register("resnet8x4")(_cifar_resnet(8, (32, 64, 128, 256)))
 MODELS.register("resnet32x4")(_cifar_resnet(32, (32, 64, 128, 256)))
 MODELS.register("wrn_16_2")(_wrn(16, 2))
 MODELS.register("wrn_40_2")(_wrn(40, 2))
+
+
+@MODELS.register("mobilenet_s")
+def mobilenet_s(num_classes: int) -> nn.Module:
+    """MobileNetV2-style student (Sandler et al., CVPR 2018): widths 16/24/32, t=4, GroupNorm (~45k params)."""
+    from ablate.models.small import MobileNetS
+
+    return MobileNetS(num_classes)
+
+
+@MODELS.register("vit_s")
+def vit_s(num_classes: int) -> nn.Module:
+    """Small ViT student (Dosovitskiy et al., ICLR 2021): 4 px patches, width 40, 3 blocks, mean pool (~53k params)."""
+    from ablate.models.small import ViTS
+
+    return ViTS(num_classes)
