@@ -276,7 +276,7 @@ def cmd_run(args) -> int:
         runner.store.drop_stale_lock(run_id)
     runner.preflight(pending)  # bad input fails before any run
     group, desc = study.name, f"{study.name} ({args.preset or 'default'})"
-    for name in sorted({c.config.teacher for c in pending if c.config.teacher}):
+    for name in sorted({name for c in pending for name in c.config.teachers}):
         # trained (or loaded) once, before the study's runs are counted (and before --workers read its cache)
         print(_teacher_line(name, runner.teacher(name)))
     n = 1 if args.workers == 1 else min(args.workers, len(cohorts(pending, runner.cohort_key, args.cohort_size)))

@@ -14,6 +14,13 @@ OPTIMIZERS = ("adam", "lion", "sgdm")
 EVAL_SPACINGS = ("linear", "log")
 """How a run's evaluations are spaced over its steps (`ablate.evaluate.evaluation_steps`)."""
 
+TEACHER_MIXES = ("sum", "ensemble")
+"""How several teachers combine (`ablate.step.distill_loss`): the sum of the per-teacher losses, or the loss to the
+ensemble's mean probabilities."""
+
+TEACHER_SEP = "+"
+"""Joins several teacher names in the `teacher` field, e.g. 'fmnist_t+fmnist_t_s1'."""
+
 
 class ConfigError(ValueError):
     """A config value that is wrong; the message says which field, what was given and what is valid."""
@@ -29,7 +36,10 @@ class RunConfig:
     """Everything that determines one training run (a distillation run or a supervised one)."""
 
     dataset: str = _field("fashion_mnist", "dataset name (`ablate list`)")
-    teacher: str | None = _field("fmnist_t", "named teacher (`ablate list`); None for label-only runs")
+    teacher: str | None = _field("fmnist_t", "named teacher (`ablate list`), or several joined by '+' (e.g. "
+                                             "'fmnist_t+fmnist_t_s1'), all on the same view; None for label-only runs")
+    teacher_mix: str = _field("sum", "how several teachers combine: 'sum' (of the losses to each) or 'ensemble' "
+                                     "(the loss to their mean probabilities); ignored with one teacher")
     model: str = _field("resnet_s", "student model (`ablate list`)")
     policy: str = _field("funmatch", "teacher-input policy (`ablate list`)")
     loss: str = _field("kl", "loss, or a weighted sum such as 'kl + 0.5*label_ce' (`ablate list`)")
@@ -83,7 +93,14 @@ class RunConfig:
         """
         values = {k: v for k, v in self.to_dict().items()
                   if not (k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k])}
+        if len(self.teachers) < 2:  # one teacher or none: nothing to mix, whatever teacher_mix says
+            values.pop("teacher_mix", None)
         return content_hash({**values, "numerics": NUMERICS} if NUMERICS > 1 else values)[:12]
+
+    @property
+    def teachers(self) -> tuple[str, ...]:
+        """The run's teacher names, in the order given (empty for a label-only run)."""
+        return teacher_names(self.teacher)
 
     @property
     def student_seed(self) -> int:
@@ -95,11 +112,18 @@ class RunConfig:
         return self.epochs / self.batch_size
 
 
-_HASHED_WHEN_SET = {"init_seed": None, "eval_spacing": "linear"}  # field -> the value earlier runs had
+_HASHED_WHEN_SET = {"init_seed": None, "eval_spacing": "linear", "teacher_mix": "sum"}  # field -> earlier runs' value
 NUMERICS = 2
 """What a run of a given config computes, by version; every run id (and so every cached teacher) changes with it.
 1: until 2026-12: inception crops of uniform area and log-uniform aspect, clipped to the image.
 2: inception crops drawn as TF's sample_distorted_bounding_box draws them (ablate/views.py)."""
+
+
+def teacher_names(teacher: str | None) -> tuple[str, ...]:
+    """The names in a `teacher` field: () for None, one name, or several joined by '+' (spaces around them ignored)."""
+    if teacher is None:
+        return ()
+    return tuple(name.strip() for name in teacher.split(TEACHER_SEP))
 
 
 def num_steps(cfg: RunConfig, n_examples: int) -> int:
@@ -150,10 +174,11 @@ def validate(cfg: RunConfig) -> None:
         MODELS.check(cfg.model)
         policy = POLICIES.get(cfg.policy)
         spec = LossSpec.parse(cfg.loss)
-        if cfg.teacher is not None:
+        if cfg.teacher is not None and TEACHER_SEP not in cfg.teacher:
             TEACHERS.check(cfg.teacher)
     except (UnknownNameError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    _validate_teachers(cfg, spec, TEACHERS)
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
     if cfg.eval_spacing not in EVAL_SPACINGS:
@@ -199,3 +224,35 @@ def validate(cfg: RunConfig) -> None:
     if cfg.init is not None and cfg.init_seed is not None:
         raise ConfigError(f"init_seed {cfg.init_seed} has no effect: the student starts from run {cfg.init} "
                           "(set init_seed or init, not both)")
+
+
+def _validate_teachers(cfg: RunConfig, spec, teachers) -> None:
+    """Several teachers: each name registered, once, written 'a+b'; a known teacher_mix that suits the loss."""
+    from ablate.registry import UnknownNameError
+
+    if cfg.teacher_mix not in TEACHER_MIXES:
+        raise ConfigError(f"unknown teacher_mix {cfg.teacher_mix!r}; valid values: {', '.join(TEACHER_MIXES)}")
+    names = cfg.teachers
+    if len(names) < 2:
+        return
+    example = TEACHER_SEP.join(("fmnist_t", "fmnist_t_s1"))
+    if not all(names):
+        raise ConfigError(f"teacher {cfg.teacher!r} has an empty name; join registered teacher names with "
+                          f"{TEACHER_SEP!r}, e.g. {example!r}")
+    for name in names:
+        try:
+            teachers.check(name)
+        except UnknownNameError as e:
+            raise ConfigError(f"{e} (in teacher {cfg.teacher!r}: several teachers are registered names joined by "
+                              f"{TEACHER_SEP!r}, e.g. {example!r})") from None
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"teacher {cfg.teacher!r} names {', '.join(twice)} more than once; each teacher may "
+                          "appear once")
+    if cfg.teacher != TEACHER_SEP.join(names):
+        raise ConfigError(f"write teacher {cfg.teacher!r} as {TEACHER_SEP.join(names)!r} (no spaces): the field "
+                          "is part of the run id")
+    if cfg.teacher_mix == "ensemble" and spec.needs_features:
+        raise ConfigError(f"loss {cfg.loss!r} compares intermediate activations, which an ensemble of teachers "
+                          "does not have (it averages their probabilities only); use teacher_mix 'sum' (one "
+                          "feature term per teacher) or a loss on logits only")

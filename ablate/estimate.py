@@ -159,23 +159,23 @@ def cell_cost(cfg) -> dict:
     eval_flops = (cfg.num_evals + 1) * (facts.val + facts.test) * student
     once, teacher_train = {}, 0.0
     policy = POLICIES.get(cfg.policy)
-    if cfg.teacher is not None and policy.teacher:
-        entry = TEACHERS.get(cfg.teacher)
+    for name in cfg.teachers if policy.teacher else ():  # several teachers: each one's forward and caches
+        entry = TEACHERS.get(name)
         t = entry.cfg
         t_facts = dataset_facts(t.dataset) or facts
         teacher = forward_flops(t.model, t_facts.num_classes, t.resolution or t_facts.resolution, facts.channels)
         if policy.runs_teacher:
-            teacher_train = teacher * images
-            train_flops += teacher_train
+            teacher_train += teacher * images
+            train_flops += teacher * images
         else:
             k = cfg.ens_crops if policy.fixed_view == "ic_ens" else 1
-            key = ("targets", cfg.teacher, cfg.dataset, cfg.subset_per_class, cfg.subset_seed, policy.fixed_view,
+            key = ("targets", name, cfg.dataset, cfg.subset_per_class, cfg.subset_seed, policy.fixed_view,
                    k if k > 1 else None, cfg.ic_min_area if k > 1 else None)
             once[key] = k * n * teacher
-        once[("teacher-eval", cfg.teacher, cfg.dataset)] = (facts.val + facts.test) * teacher
-        if not isinstance(entry, CheckpointTeacher) and not (teacher_dir(cfg.teacher) / "summary.json").exists():
+        once[("teacher-eval", name, cfg.dataset)] = (facts.val + facts.test) * teacher
+        if not isinstance(entry, CheckpointTeacher) and not (teacher_dir(name) / "summary.json").exists():
             t_cost = cell_cost(t)
-            once[("teacher-train", cfg.teacher)] = (t_cost["flops"] or 0.0) + sum(t_cost["once"].values())
+            once[("teacher-train", name)] = (t_cost["flops"] or 0.0) + sum(t_cost["once"].values())
     return {"steps": steps, "flops": train_flops + eval_flops, "train_flops": train_flops,
             "eval_flops": eval_flops, "teacher_train_flops": teacher_train, "once": once}
 

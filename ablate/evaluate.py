@@ -7,7 +7,7 @@ import collections
 import dataclasses
 import functools
 import weakref
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -190,17 +190,38 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | None,
+def ensemble_logits(teacher_logits) -> np.ndarray:
+    """log of the mean of several teachers' softmax probabilities (T = 1), in numpy: the ensemble as logits."""
+    log_p = np.stack([_log_softmax(np.asarray(z, np.float64)) for z in teacher_logits])
+    top = log_p.max(0)
+    return (top + np.log(np.exp(log_p - top).mean(0))).astype(np.float32)
+
+
+def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | Mapping[str, np.ndarray] | None,
                  labels: np.ndarray, prefix: str) -> dict[str, float]:
-    """Student top-1, and teacher-student top-1/top-5 agreement and KL (T=1) on a clean view."""
+    """Student top-1, and teacher-student top-1/top-5 agreement and KL (T=1) on a clean view.
+
+    `teacher_logits` of several teachers ({name: logits}): the agreement and KL with each, named
+    `<prefix>/agree_top1/<name>` and so on, and with their ensemble (`ensemble_logits`) under the one-teacher
+    names (`<prefix>/agree_top1`, ...), which reports and findings read.
+    """
     m = {f"{prefix}/acc": float(np.mean(student_logits.argmax(-1) == labels))}
+    if isinstance(teacher_logits, Mapping):
+        for name, z in teacher_logits.items():
+            m.update({f"{k}/{name}": v for k, v in _agreement(student_logits, z, prefix).items()})
+        teacher_logits = ensemble_logits(list(teacher_logits.values()))
     if teacher_logits is not None:
-        t_top = teacher_logits.argmax(-1)
-        top5 = np.argsort(-student_logits, axis=-1)[:, :5]
-        log_pt, log_ps = _log_softmax(teacher_logits), _log_softmax(student_logits)
-        m[f"{prefix}/agree_top1"] = float(np.mean(student_logits.argmax(-1) == t_top))
-        m[f"{prefix}/agree_top5"] = float(np.mean((top5 == t_top[:, None]).any(-1)))
-        m[f"{prefix}/kl"] = float(np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), -1)))
+        m.update(_agreement(student_logits, teacher_logits, prefix))
     return m
+
+
+def _agreement(student_logits: np.ndarray, teacher_logits: np.ndarray, prefix: str) -> dict[str, float]:
+    """Teacher-student top-1/top-5 agreement and KL(teacher || student) at T = 1."""
+    t_top = teacher_logits.argmax(-1)
+    top5 = np.argsort(-student_logits, axis=-1)[:, :5]
+    log_pt, log_ps = _log_softmax(teacher_logits), _log_softmax(student_logits)
+    return {f"{prefix}/agree_top1": float(np.mean(student_logits.argmax(-1) == t_top)),
+            f"{prefix}/agree_top5": float(np.mean((top5 == t_top[:, None]).any(-1))),
+            f"{prefix}/kl": float(np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), -1)))}
 
 

@@ -142,3 +142,12 @@ def supervised_mixup(key, n, hp):
     from ablate import views
 
     return views.inception_crop(key, n, hp.ic_min_area), None
+
+
+@policy("supervised/rc", teacher=False)
+def supervised_rc(key, n, hp):
+    """Labels only on mild random crops (CIFAR's pad-4 crop and flip on zero-padded records): the benchmark's
+    student alone and how its teachers are trained."""
+    from ablate import views
+
+    return views.random_crop(key, n), None

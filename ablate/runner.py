@@ -19,7 +19,7 @@ from ablate.step import cohort_key
 from ablate.store import RunStore, StoreError
 from ablate.stream import student_source
 from ablate.study import SEED_FIELDS, Cell
-from ablate.teachers import get_teacher, run_inputs
+from ablate.teachers import get_teacher, run_inputs, teacher_summary
 from ablate.tracking import WandbSink
 from ablate.train import Member, NonFiniteError, train_cohort
 
@@ -48,12 +48,29 @@ class Runner:
         return self._data[name]
 
     def teacher(self, name: str | None):
+        """The named teacher, loaded (or trained) once for the process; None for None."""
         if name is None:
             return None
         if name not in self._teachers:
             cfg_data = self.data(get_teacher_dataset(name))
             self._teachers[name] = get_teacher(name, cfg_data, progress=self.progress, log=self.log)
         return self._teachers[name]
+
+    def teachers(self, cfg: RunConfig):
+        """The run's teacher, a tuple of its teachers where it names several (`RunConfig.teachers`), or None."""
+        names = cfg.teachers
+        if len(names) > 1:
+            return tuple(self.teacher(name) for name in names)
+        return self.teacher(cfg.teacher)
+
+    def teacher_classes(self, name: str) -> int:
+        """The class count of a teacher's dataset: its classifier's outputs."""
+        from ablate.data.tfds import SPECS
+
+        dataset = get_teacher_dataset(name)
+        if dataset in SPECS and dataset not in self._data:
+            return SPECS[dataset].num_classes
+        return self.data(dataset).num_classes
 
     def init_params(self, cfg: RunConfig, data):
         """The student parameters of the finished run `cfg.init`, for initialisation."""
@@ -74,7 +91,8 @@ class Runner:
         """Check, before any run starts, what would otherwise fail mid-study.
 
         Every cell's dataset must be present (DataError names the ways to get
-        it), its batch must fit its training set, the run it initialises from
+        it), each of its several teachers must have the dataset's class count,
+        its batch must fit its training set, the run it initialises from
         (`init`) must be finished in the store or among these cells, and the
         store must be writable (StoreError names the folder).
         """
@@ -86,6 +104,8 @@ class Runner:
                                   f"{self.store.root}; train that run into this store first (the study that "
                                   "defines it, e.g. `ablate run init_source` before `ablate run init`)")
             data = self.data(cfg.dataset)
+            if len(cfg.teachers) > 1:
+                self.check_classes(cell, data.num_classes)
             try:
                 n = len(student_source(cfg, data))
             except ValueError as e:  # a class with fewer examples than subset_per_class
@@ -96,6 +116,16 @@ class Runner:
                 raise ConfigError(f"cell ({_describe(cell)}): batch_size {cfg.batch_size} is larger than its "
                                   f"{n} training examples ({what}); lower batch_size or raise subset_per_class")
         self.store.check_writable()
+
+    def check_classes(self, cell: Cell, num_classes: int) -> None:
+        """ConfigError unless each of the cell's teachers outputs the dataset's `num_classes` classes."""
+        cfg = cell.config
+        counts = {name: self.teacher_classes(name) for name in cfg.teachers}
+        wrong = {name: n for name, n in counts.items() if n != num_classes}
+        if wrong:
+            found = ", ".join(f"{name} has {n} ({get_teacher_dataset(name)})" for name, n in wrong.items())
+            raise ConfigError(f"cell ({_describe(cell)}): the teachers of a run must each have its dataset's "
+                              f"{num_classes} classes ({cfg.dataset}); {found}")
 
     def run(self, cell: Cell, *, group: str, job_type: str = "distill") -> str:
         """Run one cell to the end (or resume it).
@@ -131,7 +161,7 @@ class Runner:
     def _train(self, cells_: list[Cell], group: str, job_type: str) -> dict[str, str]:
         cfg = cells_[0].config
         data = self.data(cfg.dataset)
-        teacher = self.teacher(cfg.teacher)
+        teacher = self.teachers(cfg)
         targets, eval_teacher = run_inputs(cfg, data, teacher, log=self.log)
         inits = [self.init_params(c.config, data) for c in cells_]
         backend = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": jax.device_count(),
@@ -163,8 +193,7 @@ class Runner:
                     continue
                 summary = {**result.summary, "wall_s": wall, "cohort_size": len(cells_)}
                 if teacher is not None:
-                    summary["teacher/test/acc"] = teacher.summary.get("last/test/acc")
-                    summary["teacher/val/acc"] = teacher.summary.get("last/val/acc")
+                    summary.update(teacher_summary(teacher, eval_teacher, data))
                 save_params(self.store.run_dir(run_id) / "params", result.params)
                 self.store.finish(run_id, summary)
                 sink.finish(summary)

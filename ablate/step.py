@@ -33,25 +33,43 @@ class TrainState(NamedTuple):
 
 
 
-def make_inputs(policy: Policy, cfg: RunConfig, images, labels, key, s_res: int, t_res: int):
-    """Render one batch for both models: (student input, teacher input or None, soft labels, mixup coef)."""
+def several(teacher) -> bool:
+    """Whether a teacher-side argument (models, parameters, resolutions, targets) is a tuple, one per teacher."""
+    return isinstance(teacher, (tuple, list))
+
+
+def per_teacher(x, teachers: bool) -> tuple:
+    """A teacher-side argument as a tuple, one per teacher: as given for several teachers, else wrapped."""
+    return tuple(x) if teachers else (x,)
+
+
+def make_inputs(policy: Policy, cfg: RunConfig, images, labels, key, s_res: int, t_res):
+    """Render one batch for both models: (student input, teacher input or None, soft labels, mixup coef).
+
+    `t_res` is the teacher's resolution, or a tuple of several teachers' (then the teacher input is a tuple, one
+    per teacher): every teacher sees the same crop and mixup, each rendered at its own resolution (once per size).
+    """
     kv, km = jax.random.split(key)
     s_crops, t_crops = policy.draw(kv, images.shape, cfg)  # the shape: inception boxes are whole source pixels
     xs = views.render(images, s_crops, s_res)
     xt = None
     if t_crops is not None:
-        same = t_crops is s_crops and t_res == s_res
-        xt = xs if same else views.render(images, t_crops, t_res)
+        rendered = {}
+        for res in per_teacher(t_res, several(t_res)):
+            if res not in rendered:
+                same = t_crops is s_crops and res == s_res
+                rendered[res] = xs if same else views.render(images, t_crops, res)
+        xt = tuple(rendered[r] for r in t_res) if several(t_res) else rendered[t_res]
     coef = jnp.float32(1.0)
     if policy.mixup:
         coef = views.mixup_coefficient(km, cfg.mixup_p)
         xs, labels = views.mix(xs, coef), views.mix(labels, coef)
-        xt = None if xt is None else views.mix(xt, coef)
+        xt = None if xt is None else jax.tree.map(lambda x: views.mix(x, coef), xt)
     return xs, xt, labels, coef
 
 
 MEMBER_FIELDS = ("model", "loss", "temperature", "label_smoothing", "lr", "wd", "warmup_frac", "optimizer", "clip",
-                 "init", "init_seed")
+                 "init", "init_seed", "teacher_mix")
 """Config fields only the student side reads. Runs that differ in nothing else see identical inputs at every step."""
 
 
@@ -92,50 +110,107 @@ def members_of(states) -> tuple[tuple, tuple]:
     return tuple(s.params for s in states), tuple(optim.schedule_progress(s.opt_state) for s in states)
 
 
-def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
-                  optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
+def ensemble_logits(teacher_logits) -> jax.Array:
+    """The teacher logits of an ensemble: log of the mean of the teachers' softmax probabilities (T = 1).
+
+    Computed as logsumexp of their log-softmaxes less log K: finite even where a teacher's probability underflows.
+    A loss at temperature T then sees softmax(ensemble / T), the mean probabilities raised to 1/T and renormalised.
+    """
+    log_p = jnp.stack([jax.nn.log_softmax(z) for z in teacher_logits])
+    return jax.nn.logsumexp(log_p, axis=0) - jnp.log(len(teacher_logits))
+
+
+def split_spec(spec: LossSpec) -> tuple[LossSpec, LossSpec | None]:
+    """A spec's terms that read the teacher, and the others (label terms, e.g. 0.1*label_ce) or None if none."""
+    reads = [term for term in spec.terms if LOSSES.get(term[1]).needs_teacher]
+    rest = tuple(term for term in spec.terms if term not in reads)
+    return LossSpec(tuple(reads)), (LossSpec(rest) if rest else None)
+
+
+def distill_loss(spec: LossSpec, student_logits, teacher_logits: tuple, labels, *, mix: str, teachers: bool,
+                 student_features=None, teacher_features: tuple = (None,), **hp):
+    """A member's batch loss and the per-teacher losses: `(loss, per_teacher)`, the mathematics of every step.
+
+    One teacher (`teachers` False): the spec's loss to its logits, and `per_teacher` is (). Several:
+    `per_teacher[k]` is the batch loss of the spec's teacher terms to teacher k alone; `loss` is their sum
+    (`mix` "sum", as big_vision's distill trainer sums its teachers' losses) or the teacher terms' loss to
+    `ensemble_logits` of the teachers ("ensemble", which has no stage outputs), plus the spec's label terms
+    once. `hp`: the loss's run-level arguments (temperature, label_smoothing, progress).
+    """
+    def batch_loss(terms, zt, t_features):
+        return jnp.mean(terms(student_logits, zt, labels, **hp, student_features=student_features,
+                              teacher_features=t_features))
+
+    if not teachers:
+        return batch_loss(spec, teacher_logits[0], teacher_features[0]), ()
+    reads, rest = split_spec(spec)
+    per = jnp.stack([batch_loss(reads, z, f) for z, f in zip(teacher_logits, teacher_features)])
+    loss = jnp.sum(per) if mix == "sum" else batch_loss(reads, ensemble_logits(teacher_logits), None)
+    return (loss if rest is None else loss + batch_loss(rest, teacher_logits[0], None)), per
+
+
+def loss_width(policy: Policy, teacher) -> int | None:
+    """A member's loss per step: a row of 1 + K values where K > 1 teachers distil (the objective, then each
+    teacher's loss), else None: one scalar (one teacher, or a label-only policy, which reads no teacher)."""
+    return 1 + len(teacher) if several(teacher) and policy.teacher else None
+
+
+def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher,
+                  optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res):
     """A cohort's step in three pure parts: `inputs` (views, mixup, fixed targets) of a whole batch; `grads`,
-    each member's loss and gradient on some of its rows (after the teacher's forward on them), the loss a
+    each member's loss and gradient on some of its rows (after the teachers' forward on them), the loss a
     batch mean times `scale`; `update`, each member's update from the sum of its rows' gradients. The loss
-    also gets the member's `progress` through its schedule and, where a loss reads them, both models' stage
-    outputs (`student_features`, `teacher_features`)."""
+    (`distill_loss`) also gets the member's `progress` through its schedule and, where a loss reads them, both
+    models' stage outputs (`student_features`, `teacher_features`).
+
+    Several teachers: `teacher` and `t_res`, and later the teacher parameters and fixed targets, are tuples, one
+    per teacher; each member's loss is then a row (its objective, then its loss to each teacher alone)."""
     if len({shared_inputs(c) for c in cfgs}) != 1:
         raise ValueError(f"a cohort's runs may differ only in {', '.join(MEMBER_FIELDS)}")
     policy = POLICIES.get(cfgs[0].policy)
+    multi = loss_width(policy, teacher) is not None
     members = [(student, LossSpec.parse(c.loss), dict(temperature=c.temperature, label_smoothing=c.label_smoothing),
-                optimizer) for c, student, optimizer in zip(cfgs, students, optimizers, strict=True)]
+                optimizer, c.teacher_mix) for c, student, optimizer in zip(cfgs, students, optimizers, strict=True)]
 
     def inputs(targets, batch, key):
         labels = jax.nn.one_hot(batch["label"], num_classes)
         xs, xt, labels, _ = make_inputs(policy, cfgs[0], batch["image"], labels, key, s_res, t_res)
-        zt = targets[batch["index"]] if policy.fixed_view is not None else None
+        zt = jax.tree.map(lambda t: t[batch["index"]], targets) if policy.fixed_view is not None else None
         return xs, xt, labels, zt
 
-    features = any(spec.needs_features for _, spec, _, _ in members)
+    features = any(spec.needs_features for _, spec, _, _, _ in members)
 
     def forward(model, params, x):
         """(logits, stage outputs or None): the stages only where a member's loss reads them."""
         return apply_with_features(model, params, x) if features else (model.apply({"params": params}, x), None)
 
-    def grads(params, progress, teacher_params, xs, xt, labels, zt, scale: float = 1.0):
-        t_features = None
+    def teacher_outputs(teacher_params, xt, zt, labels):
+        """Each teacher's logits and stage outputs (or None) on these rows, as tuples, one per teacher."""
         if policy.runs_teacher:
-            zt, t_features = jax.lax.stop_gradient(forward(teacher, teacher_params, xt))
-        elif zt is None:
-            zt = jnp.zeros_like(labels)  # label-only losses never read it
+            outs = [jax.lax.stop_gradient(forward(m, p, x)) for m, p, x in
+                    zip(per_teacher(teacher, multi), per_teacher(teacher_params, multi), per_teacher(xt, multi))]
+            return tuple(z for z, _ in outs), tuple(f for _, f in outs)
+        if zt is None:
+            return (jnp.zeros_like(labels),), (None,)  # label-only losses never read it
+        zt = per_teacher(zt, multi)
+        return zt, (None,) * len(zt)
+
+    def grads(params, progress, teacher_params, xs, xt, labels, zt, scale: float = 1.0):
+        zts, t_features = teacher_outputs(teacher_params, xt, zt, labels)
         out = []
-        for p, prog, (student, spec, hp, _) in zip(params, progress, members):
-            def loss_fn(p, student=student, spec=spec, hp=hp, prog=prog):
+        for p, prog, (student, spec, hp, _, mix) in zip(params, progress, members):
+            def loss_fn(p, student=student, spec=spec, hp=hp, prog=prog, mix=mix):
                 zs, s_features = forward(student, p, xs)
-                loss = jnp.mean(spec(zs, zt, labels, **hp, progress=prog, student_features=s_features,
-                                     teacher_features=t_features))
-                return loss if scale == 1.0 else loss * scale
-            out.append(jax.value_and_grad(loss_fn)(p))
+                loss, per = distill_loss(spec, zs, zts, labels, mix=mix, teachers=multi, progress=prog,
+                                         student_features=s_features, teacher_features=t_features, **hp)
+                return (loss, per) if scale == 1.0 else (loss * scale, jax.tree.map(lambda x: x * scale, per))
+            (loss, per), g = jax.value_and_grad(loss_fn, has_aux=True)(p)
+            out.append((jnp.concatenate([loss[None], per]) if multi else loss, g))
         return tuple(out)
 
-    def update(states, parts):  # parts: per lane (rows), per member, (loss, grads)
+    def update(states, parts):  # parts: per lane (rows), per member, (loss or loss row, grads)
         new_states, losses = [], []
-        for j, (state, (_, _, _, optimizer)) in enumerate(zip(states, members)):
+        for j, (state, (_, _, _, optimizer, _)) in enumerate(zip(states, members)):
             loss = functools.reduce(operator.add, [lane[j][0] for lane in parts])
             g = jax.tree.map(lambda *a: functools.reduce(operator.add, a), *[lane[j][1] for lane in parts])
             updates, opt_state = optimizer.update(g, state.opt_state, state.params)
@@ -146,15 +221,17 @@ def _cohort_parts(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.
     return inputs, grads, update
 
 
-def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
-                     optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int):
+def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher,
+                     optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res):
     """The pure step of a cohort, `(states, teacher_params, targets, batch, key) -> (states, losses)`.
 
     The views, mixup and the teacher's forward pass are computed once and serve
     every member (runs with one `shared_inputs`); each member then takes its own
     loss, gradient and update. Members are unrolled, not vmapped: they may be
     different models, and on CPU a vmapped convolution becomes a slow grouped
-    one (benchmarks/bench_seeds.py).
+    one (benchmarks/bench_seeds.py). Several teachers: `teacher`, `t_res`, the
+    teacher parameters and fixed targets are tuples, one per teacher, and
+    `losses` has a row per member (`loss_width`).
     """
     inputs, grads, update = _cohort_parts(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
 
@@ -166,8 +243,17 @@ def make_cohort_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: 
     return step
 
 
-def make_lane_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn.Module | None,
-                   optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res: int,
+def lane_rows(x, lanes: int):
+    """A batch input (an array, or a tuple of arrays, one per teacher) cut into `lanes` equal blocks of rows."""
+    if x is None:
+        return None
+    leaves, tree = jax.tree.flatten(x)
+    blocks = [jnp.split(leaf, lanes) for leaf in leaves]
+    return tuple(tree.unflatten([b[k] for b in blocks]) for k in range(lanes))
+
+
+def make_lane_step(cfgs: list[RunConfig], students: list[nn.Module], teacher,
+                   optimizers: list[optax.GradientTransformation], num_classes: int, s_res: int, t_res,
                    lanes: int):
     """`make_cohort_step`'s step, compiled, with each batch's rows split over `lanes` threads (ablate/lanes.py).
 
@@ -177,7 +263,7 @@ def make_lane_step(cfgs: list[RunConfig], students: list[nn.Module], teacher: nn
     which takes over (donates) the states.
     """
     inputs, grads, update = _cohort_parts(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
-    split = jax.jit(lambda *a: tuple(None if x is None else tuple(jnp.split(x, lanes)) for x in inputs(*a)))
+    split = jax.jit(lambda *a: tuple(lane_rows(x, lanes) for x in inputs(*a)))
     lane_grads = jax.jit(functools.partial(grads, scale=1.0 / lanes))
     apply = jax.jit(update, donate_argnums=(0,))
 
@@ -205,7 +291,7 @@ def program_key(cfg: RunConfig) -> str:
     return content_hash({k: v for k, v in canonical.items() if k not in NOT_IN_STEP})
 
 
-def compile_cohort_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res: int, lanes: int):
+def compile_cohort_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res, lanes: int):
     """The cohort's step ready to call: in lanes where `lanes` > 1, else one jitted program donating the states.
 
     Kept for the process (the last `PROGRAMS_KEPT`): a later run with the same `program_key`s reuses the traced
@@ -238,15 +324,15 @@ class Resident(NamedTuple):
     views: jax.Array  # the base key of its views and mixup, folded with the step (as the per-step loop does)
 
 
-def make_seed_multi_step(run_step, batch_size: int):
+def make_seed_multi_step(run_step, batch_size: int, width: int | None = None):
     """`make_multi_step` of one run's step, vmapped over runs that differ only in their seeds: `(states,
     teacher_params, targets, resident, start, count) -> (states, loss_sums, first_bad)` as there, with `states`
-    the runs' TrainStates and `resident.order` and `.views` stacked, one key per run.
+    the runs' TrainStates and `resident.order` and `.views` stacked, one key per run; `width` as there.
 
     Each run draws its own batches, views and mixup from its keys inside the program; the training set, the
     teacher and the fixed targets are shared. The runs' states are stacked and unstacked inside the program.
     """
-    multi = jax.vmap(make_multi_step(run_step, batch_size),
+    multi = jax.vmap(make_multi_step(run_step, batch_size, width),
                      in_axes=(0, None, None, Resident(None, None, 0, 0), None, None))
 
     def seeds_multi_step(states, teacher_params, targets, resident: Resident, start, count):
@@ -258,7 +344,7 @@ def make_seed_multi_step(run_step, batch_size: int):
     return seeds_multi_step
 
 
-def make_multi_step(cohort_step, batch_size: int):
+def make_multi_step(cohort_step, batch_size: int, width: int | None = None):
     """`cohort_step` run for `count` steps from step `start` in one program: `(states, teacher_params, targets,
     resident, start, count) -> (states, loss_sums, first_bad)`.
 
@@ -266,7 +352,8 @@ def make_multi_step(cohort_step, batch_size: int):
     (`ablate.stream.batch_indices`), so the data order stays a pure function of the step: the same steps as the
     per-step loop, which draws them on the host, and a resume can start anywhere. Per member, the program
     returns the sum of its losses and the first step whose loss was not finite (-1: none). `start` and `count`
-    are inputs, so one compiled program serves every block of every run of the same shapes.
+    are inputs, so one compiled program serves every block of every run of the same shapes. `width`: the
+    length of each member's loss row where several teachers distil (`loss_width`), None for a scalar loss.
     """
     def multi_step(states, teacher_params, targets, resident: Resident, start, count):
         size = resident.labels.shape[0]
@@ -280,24 +367,28 @@ def make_multi_step(cohort_step, batch_size: int):
                                          jax.random.fold_in(resident.views, step))
             return (states, *accumulate(loss_sums, first_bad, losses, step))
 
-        return jax.lax.fori_loop(0, count, body, (states, *no_losses(len(states))))
+        return jax.lax.fori_loop(0, count, body, (states, *no_losses(len(states), width)))
 
     return multi_step
 
 
-def no_losses(members: int) -> tuple[jax.Array, jax.Array]:
-    """`accumulate`'s start: no loss summed, no step found non-finite (-1), per member."""
-    return jnp.zeros((members,), jnp.float32), jnp.full((members,), -1, jnp.int32)
+def no_losses(members: int, width: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """`accumulate`'s start: no loss summed (a scalar per member, or a row of `width`), no step found non-finite
+    (-1), per member."""
+    shape = (members,) if width is None else (members, width)
+    return jnp.zeros(shape, jnp.float32), jnp.full((members,), -1, jnp.int32)
 
 
 def accumulate(loss_sums, first_bad, losses, step):
-    """Add one step's losses (one per member) to their sums, and note the first step whose loss is not finite."""
-    bad = (~jnp.isfinite(losses)) & (first_bad < 0)
+    """Add one step's losses (one per member, or a row per member whose first value is the objective) to their
+    sums, and note the first step whose objective is not finite."""
+    objective = losses if losses.ndim == 1 else losses[:, 0]
+    bad = (~jnp.isfinite(objective)) & (first_bad < 0)
     return loss_sums + losses, jnp.where(bad, step, first_bad).astype(jnp.int32)
 
 
-def make_train_step(cfg: RunConfig, student: nn.Module, teacher: nn.Module | None,
-                    optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res: int):
+def make_train_step(cfg: RunConfig, student: nn.Module, teacher,
+                    optimizer: optax.GradientTransformation, num_classes: int, s_res: int, t_res):
     """The pure training step of one run, `(state, teacher_params, targets, batch, key) -> (state, loss)`."""
     return one_run(make_cohort_step([cfg], [student], teacher, [optimizer], num_classes, s_res, t_res))
 

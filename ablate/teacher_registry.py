@@ -57,9 +57,25 @@ register_teacher("fmnist_t", _TEACHER_BASE,
                  "Default Fashion-MNIST teacher: resnet_t on all 55k training images, crops + mixup, 10 epochs.")
 register_teacher("fmnist_t_hr", dataclasses.replace(_TEACHER_BASE, resolution=42),
                  "Like fmnist_t but at 42 px input (1.5x the student's 28 px), for the resolution study.")
-register_teacher("fmnist_xs", dataclasses.replace(_TEACHER_BASE, model="resnet_xs", epochs=6, subset_per_class=300,
-                                                  lr=1e-2, mixup_p=0.0, policy="supervised", num_evals=2),
+register_teacher("fmnist_t_s1", dataclasses.replace(_TEACHER_BASE, seed=1),
+                 "Like fmnist_t, trained with seed 1 (initialisation, data order, crops, mixup): a second teacher.")
+register_teacher("fmnist_t_deep", dataclasses.replace(_TEACHER_BASE, model="resnet_t_deep"),
+                 "Like fmnist_t but deeper (resnet_t_deep: two units per stage): a third, different teacher.")
+_TINY_TEACHER = dataclasses.replace(_TEACHER_BASE, model="resnet_xs", epochs=6, subset_per_class=300, lr=1e-2,
+                                    mixup_p=0.0, policy="supervised", num_evals=2)
+register_teacher("fmnist_xs", _TINY_TEACHER,
                  "Tiny, quickly trained teacher (3k images, 6 epochs) for tests and smoke runs.")
+register_teacher("fmnist_xs_s1", dataclasses.replace(_TINY_TEACHER, seed=1),
+                 "Like fmnist_xs, trained with seed 1: a second tiny teacher for tests of several teachers.")
+
+# CIFAR-100 teachers of CRD's and mdistiller's pairs, by mdistiller's recipe (SGD momentum 0.9, lr 0.05, batch 64,
+# 240 epochs, weight decay 5e-4, pad-4 crop and flip); studies/cifar100/pairs.py says what differs from it
+_CIFAR100_TEACHER = RunConfig(dataset="cifar100", teacher=None, policy="supervised/rc", loss="label_ce",
+                              resolution=32, subset_per_class=None, epochs=240, batch_size=64, optimizer="sgdm",
+                              lr=0.05, wd=5e-4, warmup_frac=1 / 240, clip=5.0, num_evals=12)
+for _model, _published in (("resnet32x4", 79.42), ("wrn_40_2", 75.61)):
+    register_teacher(f"cifar100_{_model}", dataclasses.replace(_CIFAR100_TEACHER, model=_model),
+                     f"CIFAR-100 teacher {_model} by mdistiller's recipe, 240 epochs (published: {_published}%).")
 
 
 # ----------------------------------------------------------------------------- checkpoint teachers

@@ -258,12 +258,21 @@ def load_targets(path: pathlib.Path) -> tuple[np.ndarray | None, str | None]:
         return None, f"unreadable: {e}"
 
 
-def run_inputs(cfg: RunConfig, data: DatasetSplits, teacher: Teacher | None, log=print):
-    """What a run needs from its teacher: fixed targets for its policy and logits on the clean val/test views."""
-    from ablate.policies import POLICIES
+def run_inputs(cfg: RunConfig, data: DatasetSplits, teacher: Teacher | tuple[Teacher, ...] | None, log=print):
+    """What a run needs from its teacher: fixed targets for its policy and logits on the clean val/test views.
 
+    Several teachers (a tuple): the targets are a tuple, one per teacher, each cached under its own teacher's
+    key (so a run with several teachers reuses each one's cache entries, and they combine after the lookup),
+    and each split's logits are {teacher name: logits}.
+    """
     if teacher is None:
         return None, None
+    if isinstance(teacher, (tuple, list)):
+        each = [run_inputs(cfg, data, t, log=log) for t in teacher]
+        targets = None if each[0][0] is None else tuple(t for t, _ in each)
+        return targets, {s: {t.name: ev[s] for t, (_, ev) in zip(teacher, each)} for s in ("val", "test")}
+    from ablate.policies import POLICIES
+
     policy = POLICIES.get(cfg.policy)
     targets = None
     if policy.fixed_view is not None:
@@ -271,3 +280,17 @@ def run_inputs(cfg: RunConfig, data: DatasetSplits, teacher: Teacher | None, log
                                  ens_crops=cfg.ens_crops, min_area=cfg.ic_min_area, log=log)
     eval_teacher = {s: teacher_logits(teacher, getattr(data, s), data.eval_view, log=log) for s in ("val", "test")}
     return targets, eval_teacher
+
+
+def teacher_summary(teacher: Teacher | tuple[Teacher, ...], eval_teacher: dict, data: DatasetSplits) -> dict:
+    """A run's record of its teacher(s): `teacher/{val,test}/acc` of the teacher, or of several teachers'
+    ensemble (mean probabilities, on the clean view), besides `teacher/<name>/{val,test}/acc` of each."""
+    from ablate.evaluate import ensemble_logits
+
+    if not isinstance(teacher, (tuple, list)):
+        return {f"teacher/{s}/acc": teacher.summary.get(f"last/{s}/acc") for s in ("test", "val")}
+    out = {f"teacher/{t.name}/{s}/acc": t.summary.get(f"last/{s}/acc") for t in teacher for s in ("test", "val")}
+    for s in ("test", "val"):
+        ensemble = ensemble_logits(list(eval_teacher[s].values()))
+        out[f"teacher/{s}/acc"] = float(np.mean(ensemble.argmax(-1) == np.asarray(getattr(data, s).labels)))
+    return out

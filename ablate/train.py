@@ -28,8 +28,9 @@ from ablate.evaluate import Frozen, all_finite, eval_metrics, evaluation_steps, 
 from ablate.losses import LossSpec
 from ablate.models import build_model
 from ablate.policies import POLICIES
-from ablate.step import (SEED_FIELDS, Resident, TrainState, accumulate, compile_cohort_step, make_cohort_step,
-                         make_multi_step, make_seed_multi_step, no_losses, seed_key, shared_inputs)
+from ablate.step import (SEED_FIELDS, Resident, TrainState, accumulate, compile_cohort_step, loss_width,
+                         make_cohort_step, make_multi_step, make_seed_multi_step, no_losses, seed_key, several,
+                         shared_inputs)
 from ablate.stream import batches, order_key, student_source
 
 accumulate_step = jax.jit(accumulate)  # the per-step loop's bookkeeping, as the multi-step program does it
@@ -51,6 +52,25 @@ class NonFiniteError(FloatingPointError):
 
 
 
+def teacher_side(teacher, attr: str):
+    """One teacher's `attr` (model, params, resolution), or a tuple of several teachers' (one per teacher)."""
+    return tuple(getattr(t, attr) for t in teacher) if several(teacher) else getattr(teacher, attr)
+
+
+def teacher_labels(teacher) -> tuple[str, ...]:
+    """The names several teachers' losses are logged under (train/loss/<name>): each one's name, else teacher<k>."""
+    return tuple(getattr(t, "name", "") or f"teacher{k}" for k, t in enumerate(teacher))
+
+
+def add_losses(tracker: dict, sums, steps: int) -> None:
+    """Add a block's summed losses of one member (its objective, or a row: objective, then each teacher's)."""
+    sums = np.atleast_1d(sums)
+    tracker["loss_sum"] += float(sums[0])
+    tracker["loss_count"] += steps
+    if len(sums) > 1:
+        tracker["teacher_loss_sums"] = [a + float(b) for a, b in zip(tracker["teacher_loss_sums"], sums[1:])]
+
+
 @dataclasses.dataclass
 class RunResult:
     history: list[dict]
@@ -69,8 +89,8 @@ class Member:
     on_resume: Callable[[int], None] | None = None
 
 
-def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
-          targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
+def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | tuple[Frozen, ...] | None = None,
+          targets: np.ndarray | tuple[np.ndarray, ...] | None = None, eval_teacher: dict | None = None,
           init_params: Any = None, ckpt_dir: pathlib.Path | None = None,
           on_eval: Callable[[dict], None] | None = None, on_resume: Callable[[int], None] | None = None,
           progress: bool = True, desc: str = "", use_multi_step: bool | None = None) -> RunResult:
@@ -78,6 +98,8 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | None = None,
 
     `targets` are the fixed teacher's logits for every training example (fixed
     policies), `eval_teacher` the teacher's logits on the clean val/test views.
+    Several teachers: `teacher` and `targets` are tuples, one per teacher, and
+    `eval_teacher` maps each split to {teacher name: logits} (`ablate.teachers.run_inputs`).
     With `ckpt_dir`, state is saved at every evaluation and restored on start.
     Raises NonFiniteError when the loss or the parameters stop being finite.
     `use_multi_step`: the steps between evaluations in one program (True), one
@@ -101,8 +123,8 @@ def multi_step_ok(source, dp: parallel.DataParallel, lanes: int) -> bool:
             and jax.default_backend() != "cpu")
 
 
-def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen | None = None,
-                 targets: np.ndarray | None = None, eval_teacher: dict[str, np.ndarray] | None = None,
+def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen | tuple[Frozen, ...] | None = None,
+                 targets: np.ndarray | tuple[np.ndarray, ...] | None = None, eval_teacher: dict | None = None,
                  progress: bool = True, desc: str = "",
                  use_multi_step: bool | None = None) -> list[RunResult | NonFiniteError]:
     """Train runs that share their inputs (one `shared_inputs`) together: one data stream and one teacher forward;
@@ -121,7 +143,9 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     source = student_source(cfg, data)
     total = num_steps(cfg, len(source))
     s_res = cfg.resolution or data.default_resolution
-    t_res = teacher.resolution if teacher is not None else s_res
+    t_res = s_res if teacher is None else teacher_side(teacher, "resolution")
+    width = loss_width(policy, teacher)  # a row of losses per member where several teachers distil
+    names = teacher_labels(teacher) if width else ()
     students = [build_model(c.model, data.num_classes) for c in cfgs]
     dummy = jnp.zeros((1, s_res, s_res, data.image_shape[2]))
     # a caller's init_params are copied: the step donates its states' buffers, which would delete the caller's arrays
@@ -138,7 +162,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
     # a loss that couples a batch's rows (DIST) must see all of them: no lanes, whose rows' gradients are summed
     whole_batch = any(LossSpec.parse(c.loss).batch_level for c in cfgs)
     lanes = 1 if whole_batch else lanes_lib.count(cfg.batch_size)
-    t_model = teacher.model if teacher else None
+    t_model = None if teacher is None else teacher_side(teacher, "model")
     base_key = jax.random.key(cfg.seed)  # of the views and mixup, folded with the step
     resident, multi_step, step_fn = None, None, None
     seeds = len({shared_inputs(c) for c in cfgs}) > 1  # a seed cohort (accelerators: `ablate.step.cohort_key`)
@@ -155,21 +179,22 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
         resident = Resident(images, labels, jnp.stack([order_key(c.seed) for c in cfgs]),
                             jnp.stack([jax.random.key(c.seed) for c in cfgs]))
         run_step = make_cohort_step(cfgs[:1], students[:1], t_model, optimizers[:1], data.num_classes, s_res, t_res)
-        multi_step = jax.jit(make_seed_multi_step(run_step, cfg.batch_size), donate_argnums=(0,))
+        multi_step = jax.jit(make_seed_multi_step(run_step, cfg.batch_size, width), donate_argnums=(0,))
     elif multi_step_ok(source, dp, lanes) if use_multi_step is None else use_multi_step:
         resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed), base_key)
         cohort_step = make_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res)
-        multi_step = jax.jit(make_multi_step(cohort_step, cfg.batch_size), donate_argnums=(0,))
+        multi_step = jax.jit(make_multi_step(cohort_step, cfg.batch_size, width), donate_argnums=(0,))
     else:
         step_fn = compile_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res, lanes)
         ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))
-    t_params = dp.replicate(teacher.params) if (teacher is not None and policy.runs_teacher) else None
-    targets = None if targets is None else dp.replicate(jnp.asarray(targets))
+    t_params = dp.replicate(teacher_side(teacher, "params")) if (teacher is not None and policy.runs_teacher) else None
+    targets = None if targets is None else dp.replicate(jax.tree.map(jnp.asarray, targets))
     if policy.fixed_view is not None and targets is None:
         raise ValueError(f"policy {cfg.policy} needs the fixed teacher's targets")
     eval_steps = evaluation_steps(total, cfg.num_evals, cfg.eval_spacing)
 
-    trackers = [{"best_val": -1.0, "best": {}, "last": {}, "loss_sum": 0.0, "loss_count": 0} for _ in members]
+    trackers = [{"best_val": -1.0, "best": {}, "last": {}, "loss_sum": 0.0, "loss_count": 0,
+                 **({"teacher_loss_sums": [0.0] * len(names)} if names else {})} for _ in members]
     histories: list[list[dict]] = [[] for _ in members]
     errors: list[NonFiniteError | None] = [None for _ in members]
     managers = [None if m.ckpt_dir is None else checkpoint.open_manager(m.ckpt_dir) for m in members]
@@ -181,7 +206,11 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
         row = {"step": step, "epoch": step * cfg.batch_size / len(source), "time/train_s": tracker["train_s"]}
         if tracker["loss_count"]:
             row["train/loss"] = tracker["loss_sum"] / tracker["loss_count"]
+            row.update({f"train/loss/{name}": total / tracker["loss_count"]
+                        for name, total in zip(names, tracker.get("teacher_loss_sums", ()))})
         tracker["loss_sum"], tracker["loss_count"] = 0.0, 0
+        if names:
+            tracker["teacher_loss_sums"] = [0.0] * len(names)
         for split in ("val", "test"):
             src = getattr(data, split)
             at = predict_at_start if step == 0 else predict  # cells of one seed and model start alike
@@ -224,7 +253,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
             states, sums, first_bad = multi_step(states, t_params, targets, resident, step, stop - step)
             bar.update(stop - step)
             return sums, first_bad
-        sums, first_bad = no_losses(len(members))
+        sums, first_bad = no_losses(len(members), width)
         for s in range(step, stop):
             states, losses = step_fn(states, t_params, targets, dp.shard(ds[s]), jax.random.fold_in(base_key, s))
             sums, first_bad = accumulate_step(sums, first_bad, losses, s)
@@ -242,8 +271,7 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
                 if first_bad[j] >= 0:
                     errors[j] = NonFiniteError(int(first_bad[j]), "loss")
                 else:
-                    trackers[j]["loss_sum"] += float(sums[j])
-                    trackers[j]["loss_count"] += stop - step
+                    add_losses(trackers[j], sums[j], stop - step)
             evaluate_all(stop)
             step = stop
     finally:

@@ -105,3 +105,34 @@ def test_zeropad_fit():
     out = T.fit_image(wide, 40, "zeropad")  # central 20 x 20 square, resized to 32, zero-padded by 4
     assert out.shape == (40, 40, 3) and (out[4:36, 4:36] == 9).all() and out[:4].max() == 0 and out[:, 36:].max() == 0
     assert (T.fit_image(np.full((32, 32), 5, np.uint8), 40, "zeropad")[4:36, 4:36] == 5).all()
+
+
+def test_cifar100_teachers_are_registered_with_mdistillers_recipe():
+    """`ablate teacher train cifar100_resnet32x4` (and wrn_40_2) trains by mdistiller's recipe, on labels only."""
+    from ablate.config import validate
+    from ablate.policies import POLICIES
+    from ablate.teacher_registry import teacher_config
+
+    for model in ("resnet32x4", "wrn_40_2"):
+        cfg = teacher_config(f"cifar100_{model}")
+        validate(cfg)
+        assert (cfg.dataset, cfg.model, cfg.teacher, cfg.loss, cfg.subset_per_class) == (
+            "cifar100", model, None, "label_ce", None)
+        assert (cfg.optimizer, cfg.lr, cfg.wd, cfg.batch_size, cfg.epochs) == ("sgdm", 0.05, 5e-4, 64, 240)
+        assert cfg.policy == "supervised/rc" and not POLICIES.get(cfg.policy).teacher
+
+
+def test_cifar100_pairs_study_expands_and_estimates_its_cost(capsys):
+    """Each pair's student learns from its own teacher; the student alone has none; the dry run needs no data."""
+    from ablate.cli import main
+    from ablate.study import cells, load_study
+
+    grid = cells(load_study("cifar100/pairs"), "full")
+    assert len(grid) == 2 * 5 * 3
+    pairs = {("cifar100_resnet32x4", "resnet8x4"), ("cifar100_wrn_40_2", "wrn_16_2"), (None, "resnet8x4"),
+             (None, "wrn_16_2")}
+    assert {(c.config.teacher, c.config.model) for c in grid} == pairs
+    assert all((c.config.teacher is None) == (c.point["policy"] == "student alone") for c in grid)
+    assert main(["run", "cifar100/pairs", "--preset", "full", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dataset cifar100: train 45,000, val 5,000, test 10,000" in out and "estimated on nvidia-h100" in out

@@ -281,9 +281,10 @@ def test_fix_rs_student_sees_the_resized_image_the_targets_are_computed_on(batch
     np.testing.assert_array_equal(np.asarray(xs), np.asarray(views.render(images, views.resize(KEY, 16), 28)))
 
 
-@pytest.mark.parametrize("name", ["supervised", "supervised/mixup"])
+@pytest.mark.parametrize("name", ["supervised", "supervised/mixup", "supervised/rc"])
 def test_supervised_policies_have_no_teacher(batch, name):
-    """Label-only policies have no teacher at all; supervised/mixup mixes inputs and labels together."""
+    """Label-only policies have no teacher at all; supervised/mixup mixes inputs and labels together; supervised/rc
+    gives the student the mild random crop that same/rc gives both models."""
     images, labels = batch
     policy = POLICIES.get(name)
     xs, xt, out_labels, coef = make_inputs(policy, CFG, images, labels, jax.random.key(6), 28, 28)
@@ -295,9 +296,12 @@ def test_supervised_policies_have_no_teacher(batch, name):
                                    atol=1e-7)
     else:
         np.testing.assert_array_equal(np.asarray(out_labels), np.asarray(labels))
+    if name == "supervised/rc":
+        same = make_inputs(POLICIES.get("same/rc"), CFG, images, labels, jax.random.key(6), 28, 28)[0]
+        np.testing.assert_array_equal(np.asarray(xs), np.asarray(same))
 
 
 def test_every_registered_policy_is_covered():
-    """The policy registry holds exactly the paper's eight policies plus the two label-only baselines."""
+    """The policy registry holds exactly the paper's eight policies plus the three label-only baselines."""
     assert set(POLICIES.names()) == {"fix/rs", "fix/cc", "fix/ic_ens", "ind/rc", "ind/ic", "same/rc", "same/ic",
-                                     "funmatch", "supervised", "supervised/mixup"}
+                                     "funmatch", "supervised", "supervised/mixup", "supervised/rc"}

@@ -51,6 +51,15 @@ def resnet_t(num_classes: int) -> nn.Module:
                     root_width=32, root_stride=2, groups=8)
 
 
+@MODELS.register("resnet_t_deep")
+def resnet_t_deep(num_classes: int) -> nn.Module:
+    """Deeper teacher for 28 px images: resnet_t with two units per stage (~696k params)."""
+    from ablate.models.resnet import ResNetV2
+
+    return ResNetV2(num_classes, (2, 2, 2), (32, 64, 128), unit="basic", root="small",
+                    root_width=32, root_stride=2, groups=8)
+
+
 @MODELS.register("resnet_s")
 def resnet_s(num_classes: int) -> nn.Module:
     """Default student for 28 px images: basic ResNetV2, widths 12/24/48, one unit per stage (~44k params)."""
