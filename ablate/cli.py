@@ -256,6 +256,17 @@ def _print_summary(store, run_id) -> None:
             print(f"  {k:<22} {rec[k]:.4f}")
 
 
+def _done_in_store(args, grid) -> frozenset:
+    """Run ids of `grid` already done in the run store; a dry run reads the store and never creates it."""
+    from ablate import paths
+    from ablate.store import RunStore
+
+    store = RunStore(args.store or paths.store_dir())
+    if not store.root.is_dir():
+        return frozenset()
+    return frozenset(c.run_id for c in grid if store.is_done(c.run_id))
+
+
 def cmd_run(args) -> int:
     from ablate.study import cells, cohorts, load_study, run_cells, shard
     from ablate import estimate, workers
@@ -267,7 +278,7 @@ def cmd_run(args) -> int:
         grid = select_cell(grid, args.cell, study.name, args.preset)
     grid = shard(grid, args.shard)
     if args.dry_run:
-        print(estimate.describe_grid(study, grid, args.preset, args.cohort_size))
+        print(estimate.describe_grid(study, grid, args.preset, args.cohort_size, _done_in_store(args, grid)))
         return 0
     workers.check_count(args.workers)
     runner = _runner(args)

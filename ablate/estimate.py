@@ -200,8 +200,18 @@ def program_steps(groups: list, costs: Mapping[str, dict]) -> int:
     return sum(max(costs[c.run_id]["steps"] or 0 for c in co) for co in groups)
 
 
-def describe_grid(study, grid, preset, cohort_size: int = 1) -> str:
-    lines = [f"study {study.name} (preset {preset or 'default'}): {len(grid)} runs", f"  {study.question}", ""]
+def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = frozenset()) -> str:
+    """The grid, one line a run, and what the runs not yet `done` (run ids in the store) will cost."""
+    head = f"study {study.name} (preset {preset or 'default'}): {len(grid)} runs"
+    n_done = sum(c.run_id in done for c in grid)
+    if n_done:  # e.g. a longer preset that reuses another study's runs: only the rest is estimated
+        head += f", {n_done} already done in the run store; the totals below are for the {len(grid) - n_done} to run"
+    lines = [head, f"  {study.question}", ""]
+    for cell in grid:
+        if cell.run_id in done:
+            point = " ".join(f"{k}={v}" for k, v in cell.point.items())
+            lines.append(f"  {cell.run_id}  {point:<60} done")
+    grid = [cell for cell in grid if cell.run_id not in done]
     total_steps, train_flops, eval_flops, once, unknown = 0, 0.0, 0.0, {}, 0
     costs = {cell.run_id: cell_cost(cell.config) for cell in grid}
     for cell in grid:

@@ -191,10 +191,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def ensemble_logits(teacher_logits) -> np.ndarray:
-    """log of the mean of several teachers' softmax probabilities (T = 1), in numpy: the ensemble as logits."""
-    log_p = np.stack([_log_softmax(np.asarray(z, np.float64)) for z in teacher_logits])
-    top = log_p.max(0)
-    return (top + np.log(np.exp(log_p - top).mean(0))).astype(np.float32)
+    """The training step's ensemble of several teachers (`ablate.step.ensemble_logits`) on host logits, as numpy."""
+    from ablate.step import ensemble_logits as ensemble  # (step imports the models; evaluation needs them anyway)
+
+    return np.asarray(ensemble([jnp.asarray(z, jnp.float32) for z in teacher_logits]))
 
 
 def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | Mapping[str, np.ndarray] | None,

@@ -721,11 +721,15 @@ def fig_loss_vs_acc(runs, hist, x, hue, axes=(), title=""):
     df = _pct(done, [RANK_METRIC]).assign(_point=_labels(done, keys))
     levels = list(dict.fromkeys(df["_point"]))
     sized = "epochs" in df and df["epochs"].nunique() > 1
-    if sized:
-        df["epochs"] = df["epochs"].map(lambda e: int(e) if float(e).is_integer() else e)  # legend: 500, not 500.0
+    sizes = None
+    if sized:  # as ordered levels, evenly sized: sizes proportional to 10 ... 3,000 epochs would tell only the last
+        schedules = [f"{e:g}" for e in sorted(df["epochs"].unique())]  # legend: 500, not 500.0
+        sizes = dict(zip(schedules, np.linspace(12, 140, len(schedules))))
+        df["epochs"] = df["epochs"].map(lambda e: f"{e:g}")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     sns.scatterplot(data=df, x="last/train/loss", y=RANK_METRIC, hue="_point", hue_order=levels,
-                    palette=_palette(levels), size="epochs" if sized else None, s=60, legend=sized, ax=ax)
+                    palette=_palette(levels), size="epochs" if sized else None, size_order=sizes and list(sizes),
+                    sizes=sizes, s=60, legend=sized, ax=ax)
     named = not sized and len(df) == len(levels)  # one point per cell: name each point instead of a legend
     if named:
         for _, r in df.iterrows():
@@ -770,6 +774,7 @@ def fig_curves(runs, hist, x, hue, axes=(), title=""):
     h = _pct(h, panels)
     seeds = _seeds(done, keys)
     palette = _palette(_by_last_value(h.dropna(subset=[panels[0]]), "epoch", panels[0]))
+    log_x = "eval_spacing" in done and bool((done["eval_spacing"] == "log").all())  # evaluated log-uniformly
     fig, axs = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
     for ax, m in zip(axs[0], panels):
         data = h.dropna(subset=[m])
@@ -781,7 +786,9 @@ def fig_curves(runs, hist, x, hue, axes=(), title=""):
                 extent.append(acc)
         _zoom(ax.set_ylim, extent)
         ax.set_title(display(m))
-        ax.set_xlabel(display("epoch"))
+        ax.set_xlabel(display("epoch") + (", log scale" if log_x else ""))
+        if log_x:
+            _log_axis(ax.xaxis, data["epoch"])
         ax.set_ylabel("%")
     fig.legend(*axs[0][0].get_legend_handles_labels(), title=", ".join(display(k) for k in keys) or None,
                fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -789,8 +796,9 @@ def fig_curves(runs, hist, x, hue, axes=(), title=""):
     fig.tight_layout()
     return fig, ("Test accuracy and top-1 agreement with the teacher over training"
                  + (f" at the longest schedule ({longest:g} epochs)" if longest else "")
-                 + f", at each run's {evals - 1} evaluations after step 0 (step 0, the untrained student at chance "
-                 f"level, is left out); dashed black: the teacher"
+                 + f", at each run's {evals - 1} evaluations after step 0"
+                 + (", spaced log-uniformly (log axis)" if log_x else "")
+                 + " (step 0, the untrained student at chance level, is left out); dashed black: the teacher"
                  + ("; grey dashed: the label-only student" if _label_only(done).any() else "")
                  + f"; {_spread_note(seeds, 'shaded', len(palette))}.")
 

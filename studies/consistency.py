@@ -14,6 +14,9 @@ STUDY = Study(
     presets=dict(
         quick=dict(epochs=500, subset_per_class=20, seeds=1, num_evals=3),
         full=dict(epochs=300, seeds=3),
+        # the paper compares policies at long schedules; log-spaced evaluations as in patience, so the five policies
+        # that patience --preset long runs at 1,000 epochs are its runs, reused, and only the other four train
+        long=dict(epochs=1000, seeds=3, eval_spacing="log"),
     ),
     figures=("final", "loss_vs_acc", "curves"),
 )

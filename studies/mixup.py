@@ -8,6 +8,11 @@ STUDY = Study(
     base=dict(policy="funmatch", epochs=300, eval_spacing="linear"),
     axes=dict(mixup_p=[0.0, 0.1, 0.5, 1.0]),
     seeds=3,
-    presets=dict(quick=dict(epochs=20, seeds=1, num_evals=4), full=dict(epochs=300, seeds=3)),
+    presets=dict(
+        quick=dict(epochs=20, seeds=1, num_evals=4),
+        full=dict(epochs=300, seeds=3),
+        # at 1,000 epochs with log-spaced evaluations, p = 1 (the default) is patience --preset long's funmatch run
+        long=dict(epochs=1000, seeds=3, eval_spacing="log"),
+    ),
     figures=("final", "curves"),
 )

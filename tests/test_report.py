@@ -1,7 +1,10 @@
 """report.md, its figures and `ablate compare` on synthetic run stores (no training): n and ± as the seeds allow,
 one ranking metric (`last`) with `best` beside it, figures titled and labelled with display names."""
 
+import dataclasses
+
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -257,3 +260,34 @@ def test_patience_figure_has_a_gap_panel_with_labelled_references(patience_store
     fig, caption = report.fig_patience(no_ref, hist, "epochs", "policy", axes=["policy", "epochs"], title="t")
     assert len(fig.axes) == 1 and caption.startswith("Student test accuracy") and "Right" not in caption
     assert "teacher: 90.0%" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_curves_use_a_log_axis_when_the_runs_were_evaluated_log_uniformly(tmp_path):
+    """A patience study spaces its evaluations log-uniformly: its curves are drawn on a log epoch axis, so its early
+    evaluations are not squeezed against zero; evenly spaced evaluations keep a linear axis."""
+    store = RunStore(tmp_path / "store")
+    history = lambda cell: [{"step": s, "epoch": s / 2, "test/acc": 0.5 + s / 1000} for s in (0, 2, 20, 200)]  # noqa: E731
+    fake_runs(store, PATIENCE, "two", patience_summary, history)
+    runs, hist, _ = report.study_frames(PATIENCE, "two", "local", store)
+    assert set(runs["eval_spacing"]) == {"linear"}
+    for spacing, scale in (("linear", "linear"), ("log", "log")):
+        fig, caption = report.fig_curves(runs.assign(eval_spacing=spacing), hist, "epochs", "policy",
+                                         axes=["policy", "epochs"])
+        assert [ax.get_xscale() for ax in fig.axes] == [scale]
+        assert ("spaced log-uniformly (log axis)" in caption) == (spacing == "log")
+
+
+def test_loss_vs_acc_sizes_each_schedule_by_its_rank(tmp_path):
+    """Marker area grows evenly from the shortest schedule to the longest, so 10 and 30 epochs stay as distinct as
+    1,000 and 3,000 (areas proportional to the epochs would make everything below the longest look alike)."""
+    study = dataclasses.replace(PATIENCE, axes=dict(policy=["fix/rs", "funmatch"], epochs=[10, 30, 1000, 3000]))
+    store = RunStore(tmp_path / "store")
+    fake_runs(store, study, "one", lambda cell: {"last/test/acc": 0.5, "last/train/loss": 0.1,
+                                                  "teacher/test/acc": 0.9})
+    runs, hist, _ = report.study_frames(study, "one", "local", store)
+    fig, caption = report.fig_loss_vs_acc(runs, hist, "epochs", "policy", axes=["policy", "epochs"])
+    legend = fig.axes[0].get_legend()
+    areas = {t.get_text(): h.get_markersize() ** 2 for h, t in zip(legend.legend_handles, legend.get_texts())}
+    steps = np.diff([areas[e] for e in ("10", "30", "1000", "3000")])
+    assert steps == pytest.approx([steps[0]] * 3) and steps[0] > 0
+    assert "marker size = schedule length" in caption

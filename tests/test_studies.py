@@ -226,6 +226,23 @@ def test_dry_run_prints_grid_and_cost(tmp_path, capsys):
     assert not store.exists()
 
 
+def test_dry_run_counts_only_what_is_left_to_run(tmp_path, capsys):
+    """Cells already done in the store (a longer preset reusing a shorter one's runs) are listed as done and left out
+    of the totals, so the estimate is what running the study now would cost."""
+    from ablate.store import RunStore
+    from tests.helpers import fake_runs
+
+    study_file = write(tmp_path, "tiny", TINY)
+    store = RunStore(tmp_path / "store")
+    done = {c.run_id for c in fake_runs(store, load_study(study_file), None, lambda cell: {"test/acc": 0.5})}
+    assert main(["run", study_file, "--preset", "two_seeds", "--dry-run", "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs, 3 already done in the run store; the totals below are for the 3 to run" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "seed=" in line}
+    assert len(rows) == 6 and {r for r, line in rows.items() if line.endswith(" done")} == done
+    assert "total: 24 steps" in out  # three runs of 8 steps, not six
+
+
 def test_dry_run_costs_small_models_by_their_steps_on_gpus(tmp_path):
     """A GPU steps the embedded models no faster than its per-step floor however few their FLOPs; a cohort's runs
     step together, so they count the steps once; paper-scale FLOPs are compute-bound as before."""
