@@ -65,13 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train up to N cells that differ only in student-side fields (lr, wd, loss, temperature, "
                         "model, ...) together, sharing their views and the teacher's forward pass (default 4; "
                         "1 trains every cell alone)")
-    r.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                   help="share the cells among N processes, each with its share of the CPU cores (N at most the "
-                        "cores there are; a one-core worker runs XLA single-threaded; default 1: one process on "
-                        "every core)")
     r.add_argument("--report", nargs="?", const="", default=None, metavar="DIR",
                    help="then render the study's report from the store, into DIR (default: as `ablate report`)")
-    r.add_argument("--worker-outcome", default=None, help=argparse.SUPPRESS)  # set by --workers for its workers
     _sink_args(r)
 
     sw = sub.add_parser("sweep", help="write a W&B grid sweep over a study's cells (one agent run per cell)")
@@ -268,8 +263,8 @@ def _done_in_store(args, grid) -> frozenset:
 
 
 def cmd_run(args) -> int:
-    from ablate.study import cells, cohorts, load_study, run_cells, shard
-    from ablate import estimate, workers
+    from ablate.study import cells, load_study, run_cells, shard
+    from ablate import estimate
 
     study = load_study(args.study)
     grid = cells(study, args.preset)
@@ -280,7 +275,6 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(estimate.describe_grid(study, grid, args.preset, args.cohort_size, _done_in_store(args, grid)))
         return 0
-    workers.check_count(args.workers)
     runner = _runner(args)
     pending = [c for c in grid if not runner.store.is_done(c.run_id)]
     for run_id in {c.run_id for c in grid} - {c.run_id for c in pending}:
@@ -288,25 +282,19 @@ def cmd_run(args) -> int:
     runner.preflight(pending)  # bad input fails before any run
     group, desc = study.name, f"{study.name} ({args.preset or 'default'})"
     for name in sorted({name for c in pending for name in c.config.teachers}):
-        # trained (or loaded) once, before the study's runs are counted (and before --workers read its cache)
+        # trained (or loaded) once, before the study's runs are counted
         print(_teacher_line(name, runner.teacher(name)))
-    n = 1 if args.workers == 1 else min(args.workers, len(cohorts(pending, runner.cohort_key, args.cohort_size)))
-    if n > 1:  # (never more workers than cohorts to train)
-        outcome = _run_workers(args, n, runner, grid, pending, desc)
-    else:
-        outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
-                            progress=not args.no_progress, desc=desc, cohort_key=runner.cohort_key,
-                            cohort_size=args.cohort_size)
-    if args.worker_outcome:
-        workers.write_outcome(args.worker_outcome, outcome)
+    outcome = run_cells(grid, lambda cs: runner.run_cohort(cs, group=group), runner.store.is_done,
+                        progress=not args.no_progress, desc=desc, cohort_key=runner.cohort_key,
+                        cohort_size=args.cohort_size)
     print(f"study {study.name}: {outcome.ran} ran, {outcome.skipped} already done, {outcome.failed} failed, "
           f"{outcome.busy} being run elsewhere; runs in the run store {runner.store.root.absolute()}")
-    if (outcome.ran or outcome.skipped) and args.report is not None and not args.worker_outcome:
+    if (outcome.ran or outcome.skipped) and args.report is not None:
         _render_after_run(args, study, runner.store.root)
     elif outcome.ran or outcome.skipped:
         print(f"render its report with: ablate report {args.study}" +
               (f" --preset {args.preset}" if args.preset else ""))
-    return 1 if outcome.failed or outcome.stopped else 0
+    return 1 if outcome.failed else 0
 
 
 def _render_after_run(args, study, store_root) -> None:
@@ -318,28 +306,6 @@ def _render_after_run(args, study, store_root) -> None:
         out = report.render(study, args.preset, store=RunStore(store_root), out_dir=args.report or None,
                             called=args.study)
         print(f"report written to {out / 'report.md'}")
-
-
-def _run_workers(args, n: int, runner, grid, pending, desc):
-    """`ablate run --workers n`: the same study run by n processes sharing the cores (ablate.workers); their summed
-    outcome."""
-    import jax
-
-    from ablate import workers
-    from ablate.config import ConfigError
-
-    if jax.default_backend() != "cpu" or jax.process_count() > 1:
-        raise ConfigError(f"--workers shares one host's CPU cores among processes; this run is on "
-                          f"{jax.process_count()} process(es) of backend {jax.default_backend()}: drop --workers")
-    workers.check_cells(pending)
-    command = ["run", args.study, "--cohort-size", str(args.cohort_size),
-               "--store", str(runner.store.root), "--wandb", args.wandb, "--wandb-project", args.wandb_project,
-               "--no-progress"]
-    for flag, value in (("--preset", args.preset), ("--shard", args.shard), ("--cell", args.cell),
-                        ("--wandb-entity", args.wandb_entity)):
-        if value:
-            command += [flag, value]
-    return workers.run_workers(n, command, grid, runner.store, progress=not args.no_progress, desc=desc)
 
 
 def _store_to_read(args):

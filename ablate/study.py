@@ -250,7 +250,6 @@ class Outcome:
     skipped: int = 0
     failed: int = 0
     busy: int = 0
-    stopped: int = 0  # `--workers` processes that ended abnormally (their unfinished cells count as busy)
 
 
 def cohorts(cells_: list[Cell], key: Callable[[Cell], str | None], size: int) -> list[list[Cell]]:

@@ -1,18 +1,18 @@
 """XLA options ablate sets before jax starts its backend, and why.
 
 They depend on how many CPU cores the process may use (its affinity mask, or
-$ABLATE_XLA_CORES, which ablate's study workers set to their share), and on
-whether it trains in *lanes* (ablate/lanes.py: each batch's rows split over
-one thread per core):
+$ABLATE_XLA_CORES where set), and on whether it trains in *lanes*
+(ablate/lanes.py: each batch's rows split over one thread per core):
 
-* one core (a worker of `ablate run --workers` with one core's share, or a
-  process pinned to one core with taskset), or a few in lanes (2 to
-  MAX_DEFAULT_LANES cores, the default there): each core runs its own work
-  single-threaded (`--xla_cpu_multi_thread_eigen=false`), and single-threaded,
-  jax's default YNNPACK path is the faster one (a funmatch step 1.2x XLA's
-  Eigen convolutions on one core, benchmarks/bench_workers.py), so ablate
-  keeps it. Two lanes on two cores: a funmatch step 1.09x the one-program
-  step on XLA's threads below (benchmarks/bench_step.py, `jax_no_lanes`).
+* one core (a process pinned to one core with taskset, or started with
+  ABLATE_XLA_CORES=1), or a few in lanes (2 to MAX_DEFAULT_LANES cores, the
+  default there): each core runs its own work single-threaded
+  (`--xla_cpu_multi_thread_eigen=false`), and single-threaded, jax's default
+  YNNPACK path is the faster one (a funmatch step 1.2x XLA's Eigen
+  convolutions on one core, benchmarks/README.md, "Workers: one core each"),
+  so ablate keeps it. Two lanes on two cores: a funmatch step 1.09x the
+  one-program step on XLA's threads below (benchmarks/bench_step.py,
+  `jax_no_lanes`).
 * several cores without lanes (more than MAX_DEFAULT_LANES, where lanes are
   not measured, or ABLATE_LANES=1): jaxlib 0.10 hands CPU convolutions (and
   some reductions) to YNNPACK by default, and on the small-channel
@@ -110,7 +110,7 @@ def apply(environ: MutableMapping[str, str] = os.environ, cores: int | None = No
     `environ["XLA_FLAGS"]` (unless opted out); returns the flags in effect.
 
     Warns when jax's backend already started under other flags: the defaults then
-    only apply to processes started from here on (e.g. ablate's study workers).
+    only apply to processes started from here on.
     """
     global in_effect, given, cores_in_effect, lanes_in_effect
     given = environ.get("XLA_FLAGS")
@@ -144,7 +144,7 @@ def cores_for(environ: Mapping[str, str] = os.environ) -> int:
 
 def as_given(environ: Mapping[str, str] = os.environ) -> dict:
     """`environ` with XLA_FLAGS as this process was started with it: for a child whose ablate picks its own
-    defaults (e.g. a one-core worker)."""
+    defaults (e.g. a benchmark's contender process, benchmarks/common.py)."""
     env = dict(environ)
     if given is None:
         env.pop("XLA_FLAGS", None)

@@ -25,7 +25,6 @@ SUITE = {
     "groupnorm": ("benchmarks.bench_groupnorm", []),
     "fixed": ("benchmarks.bench_fixed", []),
     "seeds": ("benchmarks.bench_seeds", []),
-    "workers": ("benchmarks.bench_workers", []),
     "input": ("benchmarks.bench_input", []),
     "eval": ("benchmarks.bench_eval", []),
     "loop": ("benchmarks.bench_loop", []),

@@ -43,10 +43,10 @@ def test_a_one_core_process_keeps_jaxs_ynnpack_path_single_threaded(monkeypatch)
             env = {"XLA_FLAGS": "--a=1"}
             xla_flags.apply(env, cores=cores)
             assert env["XLA_FLAGS"] == f"--a=1 {expected}"
-            assert xla_flags.given == "--a=1"  # what a worker process starts from (xla_flags.as_given)
+            assert xla_flags.given == "--a=1"  # what a child process starts from (xla_flags.as_given)
         env = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true"}  # the user's own choice wins
         assert xla_flags.apply(env, cores=1) == "--xla_cpu_multi_thread_eigen=true"
-        env = {"ABLATE_XLA_CORES": "1"}  # what ablate's one-core workers are started with
+        env = {"ABLATE_XLA_CORES": "1"}  # one core's defaults without a one-core affinity mask
         xla_flags.apply(env)
         assert env["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false" and xla_flags.cores_in_effect == 1
     with pytest.warns(UserWarning, match="ABLATE_XLA_CORES='two' is not a whole number >= 1; ignored"):
