@@ -202,21 +202,20 @@ def program_steps(groups: list, costs: Mapping[str, dict]) -> int:
 
 def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = frozenset()) -> str:
     """The grid, one line a run, and what the runs not yet `done` (run ids in the store) will cost."""
+    todo = [cell for cell in grid if cell.run_id not in done]
     head = f"study {study.name} (preset {preset or 'default'}): {len(grid)} runs"
-    n_done = sum(c.run_id in done for c in grid)
-    if n_done:  # e.g. a longer preset that reuses another study's runs: only the rest is estimated
-        head += f", {n_done} already done in the run store; the totals below are for the {len(grid) - n_done} to run"
+    if len(todo) < len(grid):  # e.g. a longer preset that reuses another study's runs: only the rest is estimated
+        head += (f", {len(grid) - len(todo)} already done in the run store; the totals below are for the "
+                 f"{len(todo)} to run")
     lines = [head, f"  {study.question}", ""]
-    for cell in grid:
-        if cell.run_id in done:
-            point = " ".join(f"{k}={v}" for k, v in cell.point.items())
-            lines.append(f"  {cell.run_id}  {point:<60} done")
-    grid = [cell for cell in grid if cell.run_id not in done]
     total_steps, train_flops, eval_flops, once, unknown = 0, 0.0, 0.0, {}, 0
-    costs = {cell.run_id: cell_cost(cell.config) for cell in grid}
-    for cell in grid:
-        c = costs[cell.run_id]
+    costs = {cell.run_id: cell_cost(cell.config) for cell in todo}
+    for cell in grid:  # in grid order, done or not
         point = " ".join(f"{k}={v}" for k, v in cell.point.items())
+        c = costs.get(cell.run_id)
+        if c is None:
+            lines.append(f"  {cell.run_id}  {point:<60} done")
+            continue
         if c["steps"] is None:
             unknown += 1
             cost = "steps=?"
@@ -233,12 +232,12 @@ def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = f
     lines.append(f"total: {total_steps:,} steps, {_flops(total)}: {_flops(train_flops)} training, "
                  f"{_flops(eval_flops)} evaluation, {_flops(once_flops)} one-off teacher work "
                  "(fixed targets, teacher logits, training uncached teachers)")
-    groups = study_cohorts(grid, cohort_size)
+    groups = study_cohorts(todo, cohort_size)
     shared, n_cohorts = shared_teacher_flops(groups, costs)
     if n_cohorts:  # not taken off the estimate: the student's FLOPs run slower than the teacher's on CPU
         lines.append(f"  {n_cohorts} cohort(s) of up to {cohort_size} runs share the teacher's forward pass: "
                      f"{_flops(shared)} of the training above is not computed (not taken off the times below)")
-    datasets = sorted({c.config.dataset for c in grid})
+    datasets = sorted({c.config.dataset for c in todo})
     for name in datasets:
         f = dataset_facts(name)
         if f is None:
@@ -250,10 +249,10 @@ def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = f
         lines.append(f"  {unknown} run(s) could not be costed and count as 0")
     steps = program_steps(groups, costs)
     in_steps = sum(c["teacher_train_flops"] for c in costs.values())  # the teacher's forward in training steps
-    cpu = CPU.seconds(len(grid), in_steps - shared + once_flops, train_flops - in_steps + eval_flops)
+    cpu = CPU.seconds(len(todo), in_steps - shared + once_flops, train_flops - in_steps + eval_flops)
     lines.append(f"  estimated on {'cpu-2core':<14} {_duration(cpu):>11}   ({CPU.note})")
     for machine, m in MACHINES.items():
-        lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps, len(grid))):>11}   ({m.note})")
+        lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps, len(todo))):>11}   ({m.note})")
     lines.append("  (TPUs: not estimated, no step time of ablate's measured on one)")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ablate import lanes as lanes_lib
-from ablate import parallel, views, xla_flags
+from ablate import parallel, step, views, xla_flags
 from ablate.config import EVAL_SPACINGS
 from ablate.data import ArraySource
 from ablate.models import params_fingerprint
@@ -192,9 +192,7 @@ def all_finite(tree) -> jax.Array:
 
 def ensemble_logits(teacher_logits) -> np.ndarray:
     """The training step's ensemble of several teachers (`ablate.step.ensemble_logits`) on host logits, as numpy."""
-    from ablate.step import ensemble_logits as ensemble  # (step imports the models; evaluation needs them anyway)
-
-    return np.asarray(ensemble([jnp.asarray(z, jnp.float32) for z in teacher_logits]))
+    return np.asarray(step.ensemble_logits([jnp.asarray(z, jnp.float32) for z in teacher_logits]))
 
 
 def eval_metrics(student_logits: np.ndarray, teacher_logits: np.ndarray | Mapping[str, np.ndarray] | None,

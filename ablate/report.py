@@ -728,8 +728,8 @@ def fig_loss_vs_acc(runs, hist, x, hue, axes=(), title=""):
         df["epochs"] = df["epochs"].map(lambda e: f"{e:g}")
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     sns.scatterplot(data=df, x="last/train/loss", y=RANK_METRIC, hue="_point", hue_order=levels,
-                    palette=_palette(levels), size="epochs" if sized else None, size_order=sizes and list(sizes),
-                    sizes=sizes, s=60, legend=sized, ax=ax)
+                    palette=_palette(levels), size="epochs" if sized else None,
+                    size_order=list(sizes) if sizes else None, sizes=sizes, s=60, legend=sized, ax=ax)
     named = not sized and len(df) == len(levels)  # one point per cell: name each point instead of a legend
     if named:
         for _, r in df.iterrows():
