@@ -294,25 +294,53 @@ def program_key(cfg: RunConfig) -> str:
 def compile_cohort_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res, lanes: int):
     """The cohort's step ready to call: in lanes where `lanes` > 1, else one jitted program donating the states.
 
-    Kept for the process (the last `PROGRAMS_KEPT`): a later run with the same `program_key`s reuses the traced
-    and compiled step instead of tracing, lowering and loading it again (2-4 s a run on a 2-core CPU).
+    Kept for the process (`_kept`): a later run with the same `program_key`s reuses the traced and compiled
+    step instead of tracing, lowering and loading it again (2-4 s a run on a 2-core CPU).
     """
-    # with the registered functions themselves: a loss or policy registered anew under its name gets a new program
+    def build():
+        if lanes > 1:
+            return make_lane_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res, lanes)
+        return jax.jit(make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res),
+                       donate_argnums=(0,))
+
+    return _kept((*_program_id(cfgs, students, teacher, num_classes, s_res, t_res), "step", lanes), build)
+
+
+def compile_multi_step(cfgs, students, teacher, optimizers, num_classes: int, s_res: int, t_res,
+                       batch_size: int, width: int | None, seeds: bool = False):
+    """The cohort's blocks of steps (`make_multi_step`) as one jitted program donating the states, kept like
+    `compile_cohort_step`'s step. `seeds`: the runs differ only in their seeds (`make_seed_multi_step` of the
+    first run's step, which stands for them all)."""
+    if seeds:
+        cfgs, students, optimizers = cfgs[:1], students[:1], optimizers[:1]
+
+    def build():
+        step = make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res)
+        make = make_seed_multi_step if seeds else make_multi_step
+        return jax.jit(make(step, batch_size, width), donate_argnums=(0,))
+
+    key = (*_program_id(cfgs, students, teacher, num_classes, s_res, t_res), "seeds" if seeds else "blocks",
+           batch_size, width)
+    return _kept(key, build)
+
+
+def _program_id(cfgs, students, teacher, num_classes, s_res, t_res) -> tuple:
+    """What a cohort's step program depends on: its runs' `program_key`s, with the registered functions themselves
+    (a loss or policy registered anew under its name gets a new program), its models and shapes."""
     registered = tuple((POLICIES.get(c.policy), *(LOSSES.get(term[1]) for term in LossSpec.parse(c.loss).terms))
                        for c in cfgs)
-    key = (tuple(program_key(c) for c in cfgs), registered, tuple(students), teacher, num_classes, s_res, t_res, lanes)
-    if key in _PROGRAMS:
-        _PROGRAMS.move_to_end(key)
-        return _PROGRAMS[key]
-    if lanes > 1:
-        step = make_lane_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res, lanes)
-    else:
-        step = jax.jit(make_cohort_step(cfgs, students, teacher, optimizers, num_classes, s_res, t_res),
-                       donate_argnums=(0,))
-    _PROGRAMS[key] = step
-    while len(_PROGRAMS) > PROGRAMS_KEPT:
-        _PROGRAMS.popitem(last=False)
-    return step
+    return tuple(program_key(c) for c in cfgs), registered, tuple(students), teacher, num_classes, s_res, t_res
+
+
+def _kept(key, build):
+    """The program under `key`, built (`build()`) at its first use and kept for the process: the last
+    `PROGRAMS_KEPT` used."""
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = build()
+        while len(_PROGRAMS) > PROGRAMS_KEPT:
+            _PROGRAMS.popitem(last=False)
+    _PROGRAMS.move_to_end(key)
+    return _PROGRAMS[key]
 
 
 class Resident(NamedTuple):

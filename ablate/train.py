@@ -28,9 +28,8 @@ from ablate.evaluate import Frozen, all_finite, eval_metrics, evaluation_steps, 
 from ablate.losses import LossSpec
 from ablate.models import build_model
 from ablate.policies import POLICIES
-from ablate.step import (SEED_FIELDS, Resident, TrainState, accumulate, compile_cohort_step, loss_width,
-                         make_cohort_step, make_multi_step, make_seed_multi_step, no_losses, seed_key, several,
-                         shared_inputs)
+from ablate.step import (SEED_FIELDS, Resident, TrainState, accumulate, compile_cohort_step, compile_multi_step,
+                         loss_width, no_losses, seed_key, several, shared_inputs)
 from ablate.stream import batches, order_key, student_source
 
 accumulate_step = jax.jit(accumulate)  # the per-step loop's bookkeeping, as the multi-step program does it
@@ -116,9 +115,9 @@ def train(cfg: RunConfig, data: DatasetSplits, *, teacher: Frozen | tuple[Frozen
 def multi_step_ok(source, dp: parallel.DataParallel, lanes: int) -> bool:
     """Whether a run trains its blocks of steps in one program (`ablate.step.make_multi_step`): on an accelerator,
     where its training set fits on its one device (an in-memory source) and a step is one program. Not on CPU:
-    there XLA runs a step inside a loop about 3x slower than the same step dispatched alone
-    (benchmarks/bench_loop.py, 2026-12-07), and lanes split each step's rows over threads. TFDS sources keep
-    their host pipeline."""
+    there a block is as fast as one program a step (1.08x), but the per-step loop in lanes, which splits each
+    step's rows over threads, takes 0.73x a block's time (benchmarks/bench_loop.py, 2026-12-07). TFDS sources
+    keep their host pipeline."""
     return (isinstance(source, ArraySource) and dp.size == 1 and lanes == 1
             and jax.default_backend() != "cpu")
 
@@ -178,12 +177,12 @@ def train_cohort(members: list[Member], data: DatasetSplits, *, teacher: Frozen 
         images, labels = jnp.asarray(source.images), jnp.asarray(source.labels)
         resident = Resident(images, labels, jnp.stack([order_key(c.seed) for c in cfgs]),
                             jnp.stack([jax.random.key(c.seed) for c in cfgs]))
-        run_step = make_cohort_step(cfgs[:1], students[:1], t_model, optimizers[:1], data.num_classes, s_res, t_res)
-        multi_step = jax.jit(make_seed_multi_step(run_step, cfg.batch_size, width), donate_argnums=(0,))
+        multi_step = compile_multi_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res,
+                                        cfg.batch_size, width, seeds=True)
     elif multi_step_ok(source, dp, lanes) if use_multi_step is None else use_multi_step:
         resident = Resident(jnp.asarray(source.images), jnp.asarray(source.labels), order_key(cfg.seed), base_key)
-        cohort_step = make_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res)
-        multi_step = jax.jit(make_multi_step(cohort_step, cfg.batch_size, width), donate_argnums=(0,))
+        multi_step = compile_multi_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res,
+                                        cfg.batch_size, width)
     else:
         step_fn = compile_cohort_step(cfgs, students, t_model, optimizers, data.num_classes, s_res, t_res, lanes)
         ds = batches(source, cfg, total, dp.local_rows(cfg.batch_size))

@@ -4,14 +4,17 @@ Whole `ablate.train.train` calls of a default funmatch run (resnet_t -> resnet_s
 steps, one evaluation on 1,000-image splits, so the loop dominates), timed alternately in one process:
 `per_step` dispatches each step as one jitted program (no lanes), `blocks` runs the steps between evaluations in
 one program (the training set on the device, batches and views drawn inside), and `lanes` is the per-step loop
-in lanes, the default on a few CPU cores. The figures are medians of time per_step / time blocks and
-time lanes / time blocks. The teacher has random weights: throughput does not depend on what it learnt.
+in lanes, the default on a few CPU cores; `blocks_lax` is `blocks` with jax's own convolution gradients
+(StdConv impl "lax", ablate's default before 2026-12-07 evening), which XLA's CPU backend runs ~3x slower
+inside a loop. The figures are medians of time per_step / time blocks, time lanes / time blocks and
+time blocks_lax / time blocks. The teacher has random weights: throughput does not depend on what it learnt.
 
     .venv/bin/python -m benchmarks.bench_loop [--reps 5] [--block-s 20] [--epochs 25]
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 from benchmarks import common
@@ -23,10 +26,12 @@ def main(argv=None) -> dict:
     import numpy as np
 
     import ablate.lanes
+    from ablate import step as step_lib
     from ablate import xla_flags
     from ablate.config import RunConfig
     from ablate.evaluate import Frozen
     from ablate.models import build_model
+    from ablate.models.resnet import conv_impl
     from ablate.train import train
 
     ap = common.parser(__doc__, block_s=20.0, impls=None)
@@ -40,17 +45,23 @@ def main(argv=None) -> dict:
     cfg = RunConfig(policy="funmatch", subset_per_class=50, epochs=args.epochs, num_evals=1)
     lanes = ablate.lanes.count
 
-    def loop(multi: bool, in_lanes: bool):
+    programs = {"xla": step_lib._PROGRAMS, "lax": collections.OrderedDict()}  # each impl keeps its own programs
+
+    def loop(multi: bool, in_lanes: bool, impl: str = "xla"):
         def run(n: int) -> None:
             ablate.lanes.count = lanes if in_lanes else (lambda batch: 1)
+            step_lib._PROGRAMS = programs[impl]
             try:
-                for _ in range(n):
-                    train(cfg, data, teacher=teacher, progress=False, use_multi_step=multi)
+                with conv_impl(impl):  # programs are traced at their first use: under this impl
+                    for _ in range(n):
+                        train(cfg, data, teacher=teacher, progress=False, use_multi_step=multi)
             finally:
                 ablate.lanes.count = lanes
+                step_lib._PROGRAMS = programs["xla"]
         return run
 
-    contenders = {"per_step": loop(False, False), "blocks": loop(True, False), "lanes": loop(False, True)}
+    contenders = {"per_step": loop(False, False), "blocks": loop(True, False), "lanes": loop(False, True),
+                  "blocks_lax": loop(True, False, "lax")}
     for fn in contenders.values():
         fn(1)  # compile (or load from the persistent cache) outside the timing
     print(f"timing {', '.join(contenders)} alternately, {args.reps} reps of ~{args.block_s:g} s "
@@ -58,10 +69,12 @@ def main(argv=None) -> dict:
     times = common.alternate(contenders, args.reps, args.block_s)
     summary = {"per_step_over_blocks": common.ratio(times["per_step"], times["blocks"]),
                "lanes_over_blocks": common.ratio(times["lanes"], times["blocks"]),
+               "blocks_lax_over_blocks": common.ratio(times["blocks_lax"], times["blocks"]),
                "s_per_run": {k: common.spread(v) for k, v in times.items()},
                "lanes": xla_flags.lanes_in_effect, "backend": jax.default_backend()}
     print(f"  time per_step / time blocks = {common.fmt(summary['per_step_over_blocks'])}; "
-          f"time lanes / time blocks = {common.fmt(summary['lanes_over_blocks'])}")
+          f"time lanes / time blocks = {common.fmt(summary['lanes_over_blocks'])}; "
+          f"time blocks_lax / time blocks = {common.fmt(summary['blocks_lax_over_blocks'])}")
     common.save("loop", {"config": vars(args), "times_s": times, "summary": summary})
     return summary
 

@@ -5,11 +5,13 @@ OpenMP threads and XLA's thread pool never share a process; an idle contender wa
 
 * `jax`: ablate's own jitted step (views render + teacher forward + student
   forward/backward + clipped Adam with decoupled weight decay), as ablate runs it: StdConv impl
-  "xla" (lax.conv_general_dilated) and ablate's per-channel-sum GroupNorm, in lanes where the
-  process has them (on 2-4 cores: each batch's rows split over one thread per core, XLA
-  single-threaded; ablate/lanes.py);
+  "xla" (`conv2d`: lax.conv_general_dilated, its gradients written out in NHWC) and ablate's
+  per-channel-sum GroupNorm, in lanes where the process has them (on 2-4 cores: each batch's rows
+  split over one thread per core, XLA single-threaded; ablate/lanes.py);
 * `jax_no_lanes` (where `jax` runs in lanes): the same step as one program on XLA's own threads
   (ABLATE_LANES=1), ablate's default before 2026-11-27 afternoon;
+* `jax_lax`: the same with StdConv impl "lax" (jax's own convolution gradients, ablate's default before
+  2026-12-07 evening);
 * `jax_matmul`: the same with StdConv impl "matmul" (convolutions as patches + one matmul);
 * `jax_flaxgn`: the same with flax's `nn.GroupNorm` (two-pass variance) instead of ablate's (same
   parameters, same results to float32 rounding; ablate's default before 2026-11-26 afternoon, with
@@ -365,7 +367,7 @@ def main(argv=None) -> dict:
     print("starting the contenders' processes (each compiles or warms up its own step)")
     workers, contenders = [], {}
     try:
-        impls = ("xla",) if args.no_variants else ("xla", "matmul", "xla+flax")
+        impls = ("xla",) if args.no_variants else ("xla", "lax", "matmul", "xla+flax")
         w = common.ProcessContenders("benchmarks.bench_step:jax_worker", batch=args.batch, impls=impls,
                                      device=args.device)
         workers.append(w)

@@ -213,7 +213,7 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
                   student: str = "resnet_s", teacher: str = "resnet_t", num_batches: int = 4,
                   total_steps: int = 10_000, seed: int = 0, groupnorm: str = "ablate", cohort: int = 1,
                   lanes: int | None = None) -> JaxStep:
-    """ablate's own step as `ablate.train.train` compiles it (`compile_cohort_step`: in lanes where this process
+    """ablate's own step as `ablate.train.train` compiles it (`make_lane_step`: in lanes where this process
     has them, `ablate.lanes.count`, else one jitted program donating the state) with `optim.paper_optimizer`, on
     real Fashion-MNIST batches already on the device. The teacher has random weights (its head too, so its
     logits are not all zero): throughput does not depend on what it learnt.
@@ -231,7 +231,7 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
     from ablate.config import RunConfig
     from ablate.models import build_model
     from ablate.policies import POLICIES
-    from ablate.step import TrainState, compile_cohort_step, make_cohort_step, make_train_step, one_run
+    from ablate.step import TrainState, make_cohort_step, make_lane_step, make_train_step, one_run
 
     cfg = RunConfig(policy=policy, batch_size=batch_size, seed=seed)
     cfgs = [cfg.replace(init_seed=seed + k) for k in range(cohort)] if cohort > 1 else [cfg]
@@ -256,7 +256,8 @@ def make_jax_step(policy: str = "funmatch", batch_size: int = 128, impl: str = "
         if lanes == 1:
             step = jax.jit(fn, donate_argnums=(0,))
         else:
-            step = compile_cohort_step(cfgs, [s_model] * cohort, teacher, opts, 10, 28, 28, lanes)
+            # built afresh, not `compile_cohort_step`'s kept program: its key knows nothing of the variants
+            step = make_lane_step(cfgs, [s_model] * cohort, teacher, opts, 10, 28, 28, lanes)
             if (impl, groupnorm) != ("xla", "ablate"):
                 step = _traced_under(step, impl, groupnorm)
             if cohort == 1:

@@ -412,11 +412,11 @@ def one_program_per_step(teacher, fmnist_small):
 @pytest.mark.parametrize("policy", ["funmatch", "fix/rs"])
 def test_the_multi_step_loop_trains_as_the_per_step_loop(one_program_per_step, teacher, fmnist_small, policy):
     """Blocks of steps run in one program (batches, views, mixup and keys computed inside from the step number) train
-    as the per-step loop does: the same steps, dispatched together. Not bit for bit: XLA compiles a step inside a
-    loop with other rounding (measured: equal for 2 steps, then 1e-6 apart at the 3rd, on an AVX2 EPYC), so the
-    runs use SGD at a small learning rate, whose updates keep rounding differences at rounding size (see
-    tests/test_parallel.py), and their updates must agree to 1% of each tensor's largest."""
-    cfg = FUNMATCH.replace(policy=policy, epochs=4, num_evals=3, optimizer="sgdm", lr=0.03)
+    as the per-step loop does, bit for bit: the same steps, dispatched together, the same parameters and metrics
+    (the mean training loss to float32 rounding: a block sums its steps' losses inside the program). Before the
+    models' convolutions wrote out their gradients (`ablate.models.resnet.conv2d`), XLA compiled a step inside a
+    loop with other rounding: 1e-6 apart at the 3rd step."""
+    cfg = FUNMATCH.replace(policy=policy, epochs=4, num_evals=3)
     kw = {}
     if policy == "fix/rs":
         kw["targets"], _ = run_inputs(cfg, fmnist_small, teacher)
@@ -426,14 +426,13 @@ def test_the_multi_step_loop_trains_as_the_per_step_loop(one_program_per_step, t
     blocks = one_program_per_step(cfg, True, init_params=init, **kw)
     for a, b, i in zip(jax.tree.leaves(per_step.params), jax.tree.leaves(blocks.params), jax.tree.leaves(init),
                        strict=True):
-        update = np.asarray(a) - np.asarray(i)
-        assert np.abs(update).max() > 0
-        np.testing.assert_allclose(np.asarray(b) - np.asarray(i), update, rtol=0, atol=1e-2 * np.abs(update).max())
+        assert np.abs(np.asarray(a) - np.asarray(i)).max() > 0
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
     assert [r["step"] for r in blocks.history] == [r["step"] for r in per_step.history] == [0, 13, 27, 40]
-    for a, b in zip(per_step.history, blocks.history):
-        for key in ("val/acc", "test/acc", "val/agree_top1", "train/loss"):
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=2e-3), key
+    losses = ("best/train/loss", "last/train/loss")  # a block sums its steps' losses in the program, in float32
+    assert no_time(blocks.summary, *losses) == no_time(per_step.summary, *losses)
+    for key in losses:
+        assert blocks.summary[key] == pytest.approx(per_step.summary[key], rel=1e-6)
 
 
 def test_a_block_resumed_in_its_middle_is_exact(teacher, fmnist_small):
@@ -513,15 +512,16 @@ def test_fields_outside_the_step_leave_its_program_unchanged(teacher, fmnist_sma
     assert _lowered_step(FUNMATCH.replace(lr=0.5), teacher, fmnist_small) != reference
 
 
-def test_a_later_run_reuses_the_step_program_and_trains_exactly_as_alone(teacher, fmnist_small):
-    """Runs that differ only in `NOT_IN_STEP` get one compiled step in a process; the later run's result equals
-    what it gives with the step built afresh (bit for bit), so nothing of the first run (its schedule's length,
-    its seed) is carried over."""
+@pytest.mark.parametrize("blocks", [False, True], ids=["per_step", "blocks"])
+def test_a_later_run_reuses_the_step_program_and_trains_exactly_as_alone(teacher, fmnist_small, blocks):
+    """Runs that differ only in `NOT_IN_STEP` get one compiled step (or blocks-of-steps program) in a process;
+    the later run's result equals what it gives with the program built afresh (bit for bit), so nothing of the
+    first run (its schedule's length, its seed) is carried over."""
     from ablate import step as step_lib
 
     _, eval_teacher = run_inputs(FUNMATCH, fmnist_small, teacher)
     first, later = FUNMATCH.replace(epochs=4, num_evals=1), FUNMATCH.replace(epochs=6, seed=1, num_evals=1)
-    kw = dict(teacher=teacher, eval_teacher=eval_teacher, **QUIET)
+    kw = dict(teacher=teacher, eval_teacher=eval_teacher, use_multi_step=blocks, **QUIET)
     step_lib._PROGRAMS.clear()
     train(first, fmnist_small, **kw)
     programs = dict(step_lib._PROGRAMS)

@@ -9,6 +9,7 @@ basic (two 3x3 convs) units, gives the fast models of the embedded default.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -21,6 +22,46 @@ def standardize(w: jax.Array, eps: float = 1e-10) -> jax.Array:
     mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
     var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
     return (w - mean) * jax.lax.rsqrt(var + eps)
+
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple) -> jax.Array:
+    """`lax.conv_general_dilated` (NHWC, HWIO), whose gradients are convolutions in that same layout.
+
+    jax differentiates a convolution into convolutions of permuted dimensions, which XLA's CPU backend
+    rewrites into this layout (transposes around a fast convolution) at a program's top level but not
+    inside a loop's body, where a training step ran about 3x slower (jax-ml/jax#12868): a multi-step
+    program (`ablate.step.make_multi_step`) was slower than one step at a time. Written out here, the
+    gradients are those convolutions in any program: jax's own gradients up to float rounding.
+    """
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+def _conv2d_fwd(x, w, strides, padding):
+    return conv2d(x, w, strides, padding), (x, w)
+
+
+def _conv2d_bwd(strides, padding, res, dy):
+    """The input's gradient: dy dilated by the stride, through the spatially flipped kernel with its input and
+    output channels swapped. The kernel's: x with its channels as the batch, convolved with dy (its batch as
+    the input channels) dilated by the stride. Paddings as jax's own transpose rules compute them."""
+    x, w = res
+    k, n, m = w.shape[:2], x.shape[1:3], dy.shape[1:3]
+    span = [(mi - 1) * s + 1 for mi, s in zip(m, strides)]  # dy's extent once dilated by the stride
+    lo = [ki - 1 - p for ki, (p, _) in zip(k, padding)]
+    pad_x = [(b, ni + ki - 1 - sp - b) for b, ni, ki, sp in zip(lo, n, k, span)]
+    dx = jax.lax.conv_general_dilated(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1), pad_x,
+                                      lhs_dilation=strides, dimension_numbers=NHWC)
+    pad_w = [(p, sp - ni + ki - p - 1) for (p, _), sp, ni, ki in zip(padding, span, n, k)]
+    dw = jax.lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dy.transpose(1, 2, 0, 3), (1, 1), pad_w,
+                                      rhs_dilation=strides, dimension_numbers=NHWC)
+    return dx, dw.transpose(1, 2, 0, 3)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def conv_as_matmul(x: jax.Array, w: jax.Array, stride: int, padding: tuple) -> jax.Array:
@@ -47,7 +88,7 @@ class StdConv(nn.Module):
     kernel_size: tuple[int, int]
     strides: int = 1
     padding: tuple = ((0, 0), (0, 0))
-    impl: str = "xla"  # "xla" (lax.conv_general_dilated) or "matmul" (conv_as_matmul); see benchmarks/README.md
+    impl: str = "xla"  # "xla" (conv2d), "lax" (jax's own gradients) or "matmul" (conv_as_matmul); benchmarks/README.md
 
     @nn.compact
     def __call__(self, x):
@@ -56,8 +97,10 @@ class StdConv(nn.Module):
         w = standardize(w)
         if self.impl == "matmul":
             return conv_as_matmul(x, w, self.strides, tuple(self.padding))
-        return jax.lax.conv_general_dilated(x, w, (self.strides, self.strides), tuple(self.padding),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if self.impl == "lax":
+            return jax.lax.conv_general_dilated(x, w, (self.strides, self.strides), tuple(self.padding),
+                                                dimension_numbers=NHWC)
+        return conv2d(x, w, (self.strides, self.strides), tuple(map(tuple, self.padding)))
 
 
 class GroupNorm(nn.Module):
@@ -98,15 +141,18 @@ class GroupNorm(nn.Module):
         return x * a[:, None, None, :] + (bias - mean * a)[:, None, None, :]
 
 
+CONV_IMPLS = ("xla", "lax", "matmul")
+
+
 @contextlib.contextmanager
 def conv_impl(impl: str):
-    """Build every StdConv with `impl` ("xla" or "matmul") while jax traces inside this block.
+    """Build every StdConv with `impl` ("xla", "lax" or "matmul") while jax traces inside this block.
 
     For benchmarks and tests: the units look `StdConv` up by name, so this swaps
     in a subclass with another default; parameter names and shapes are unchanged.
     """
-    if impl not in ("xla", "matmul"):
-        raise ValueError(f"conv impl must be 'xla' or 'matmul', got {impl!r}")
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {', '.join(CONV_IMPLS)}; got {impl!r}")
     global StdConv
     original = StdConv
     StdConv = type("StdConv", (original,), {"__annotations__": {"impl": str}, "impl": impl})
