@@ -35,7 +35,8 @@ def conv2d(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: tuple)
     rewrites into this layout (transposes around a fast convolution) at a program's top level but not
     inside a loop's body, where a training step ran about 3x slower (jax-ml/jax#12868): a multi-step
     program (`ablate.step.make_multi_step`) was slower than one step at a time. Written out here, the
-    gradients are those convolutions in any program: jax's own gradients up to float rounding.
+    gradients are those convolutions in any program: jax's own gradients up to float rounding. Reverse mode
+    only (a `jax.custom_vjp`): `jax.jvp` through these models raises; StdConv(impl="lax") gives jax's own.
     """
     return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
 
