@@ -83,6 +83,7 @@ def test_a_loop_of_training_steps_keeps_every_convolution_in_nhwc():
     if jax.default_backend() == "cpu":
         assert layouts("lax") != {"b01f_01io->b01f"}
 
+
 def test_conv_impls_give_the_same_model():
     """The student and its gradients are the same whichever convolution lowering StdConv uses."""
     model = build_model("resnet_xs", 10)
