@@ -35,7 +35,6 @@ import time
 from benchmarks import common
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PATIENCE_POLICIES = ("fix/rs", "fix/ic_ens", "same/ic", "funmatch", "supervised")
 FULL_EPOCHS, FULL_SEEDS = (10, 30, 100, 300), 3
 
 STUDY_FILE = '''"""Benchmark study (written by benchmarks/bench_versions.py): patience's shorter cells."""
@@ -85,8 +84,8 @@ def cell_times(store: pathlib.Path) -> list[dict]:
 
 def project(cells: list[dict], outside_s: float) -> dict:
     """`patience --preset full`'s seconds: per policy, the least-squares line time = a + b x steps through its
-    cells (every schedule and seed; the first cell pays compilation), times
-    FULL_SEEDS at every FULL_EPOCHS, plus the process's time outside cells."""
+    cells (every schedule and seed; the first pays compilation), times FULL_SEEDS at every FULL_EPOCHS, plus the
+    process's time outside cells."""
     total, lines = outside_s, {}
     for policy in sorted({c["policy"] for c in cells}):
         mine = [c for c in cells if c["policy"] == policy]
