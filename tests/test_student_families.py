@@ -1,5 +1,6 @@
 """The non-ResNet student families: mobilenet_s (MobileNetV2-style) and vit_s (a small ViT)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 
 from ablate.losses import kl
 from ablate.models import MODELS, apply_with_features, build_model
+from ablate.models.small import DepthwiseConv, PointwiseConv, conv_init
 
 X28 = jnp.zeros((2, 28, 28, 1))
 X32 = jnp.zeros((2, 32, 32, 3))
@@ -41,6 +43,34 @@ def test_logits_and_sown_stages(name, x, i):
     _, (logits, feats) = shapes(name, x)
     assert logits.shape == (2, 10)
     assert [f.shape for f in feats] == [(2, *s) for s in FAMILIES[name][i]]
+
+
+@pytest.mark.parametrize("size, stride", [(8, 1), (8, 2), (7, 2), (6, 1)])
+def test_depthwise_conv_is_the_grouped_convolution_with_jaxs_gradients(size, stride):
+    """DepthwiseConv (shifted slices, written-out gradients) draws the parameters nn.Conv with one group per
+    channel draws, and gives its output and jax's gradients of it, input and kernel, at MobileNetS's strides and
+    at odd sizes whose last window is cut short."""
+    x = jax.random.normal(jax.random.key(0), (3, size, size, 5))
+    ours = DepthwiseConv(3, stride)
+    ref = nn.Conv(5, (3, 3), (stride, stride), padding=((1, 1), (1, 1)), feature_group_count=5, use_bias=False,
+                  kernel_init=conv_init)
+    params = ours.init(jax.random.key(1), x)
+    np.testing.assert_array_equal(params["params"]["kernel"], ref.init(jax.random.key(1), x)["params"]["kernel"])
+    probe = jax.random.normal(jax.random.key(2), ref.apply(params, x).shape)
+    loss = {name: (lambda p, x, m=m: jnp.sum(probe * m.apply(p, x))) for name, m in (("ours", ours), ("ref", ref))}
+    np.testing.assert_allclose(loss["ours"](params, x), loss["ref"](params, x), rtol=1e-5)
+    grads = {name: jax.grad(f, (0, 1))(params, x) for name, f in loss.items()}
+    for a, b in zip(jax.tree.leaves(grads["ours"]), jax.tree.leaves(grads["ref"])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def test_pointwise_conv_is_the_1x1_convolution():
+    """PointwiseConv (one matmul over the channels) draws nn.Conv's 1x1 parameters and gives its output."""
+    x = jax.random.normal(jax.random.key(0), (3, 5, 5, 6))
+    ref = nn.Conv(4, (1, 1), use_bias=False, kernel_init=conv_init)
+    params = PointwiseConv(4).init(jax.random.key(1), x)
+    np.testing.assert_array_equal(params["params"]["kernel"], ref.init(jax.random.key(1), x)["params"]["kernel"])
+    np.testing.assert_allclose(PointwiseConv(4).apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-6)
 
 
 def test_mobilenet_structure():

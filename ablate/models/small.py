@@ -24,9 +24,11 @@ zero-initialised head (kernel and bias), and each stage's output sown in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ablate.models.resnet import group_norm
@@ -34,10 +36,80 @@ from ablate.models.resnet import group_norm
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel: int, stride: int = 1, groups: int = 1, name: str | None = None) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int = 1, name: str | None = None) -> nn.Conv:
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   feature_group_count=groups, use_bias=False, kernel_init=conv_init, name=name)
+                   use_bias=False, kernel_init=conv_init, name=name)
+
+
+def _taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """Each channel of the padded x (N, H, W, C) correlated with its own kernel w (kh, kw, C): a sum of kh x kw
+    shifted, strided slices, each scaled per channel (elementwise work XLA fuses)."""
+    kh, kw = w.shape[:2]
+    oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    return sum(x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :] * w[i, j]
+               for i in range(kh) for j in range(kw))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv2d(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+    """A depthwise convolution (NHWC; kernel HWIO with I = 1, O = C) as shifted slices, forward and backward.
+
+    XLA's CPU backend runs a convolution with one group per channel (`feature_group_count` = C) and its
+    gradients about 10x slower than this (at 28 px and 64 channels: 3.8 s against 0.33 s for one fwd+bwd of a
+    128-image batch), so a MobileNet student took 4 s a step. Equal to the grouped convolution and to jax's
+    gradients of it up to float rounding. Reverse mode only (a `jax.custom_vjp`).
+    """
+    return _taps(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), w[:, :, 0], stride)
+
+
+def _depthwise_fwd(x, w, stride, pad):
+    return depthwise_conv2d(x, w, stride, pad), (x, w)
+
+
+def _depthwise_bwd(stride, pad, res, dy):
+    """The input's gradient: dy dilated by the stride and padded, correlated with the flipped kernel; the
+    kernel's, per tap, the sum over images and positions of the tap's slice of x times dy."""
+    x, w = res
+    k = w.shape[:2]
+    span = [(m - 1) * stride + 1 for m in dy.shape[1:3]]  # dy's extent once dilated by the stride
+    dilate = [(k_ - 1 - pad, n + pad - sp, stride - 1) for k_, n, sp in zip(k, x.shape[1:3], span)]
+    dy_wide = jax.lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), *dilate, (0, 0, 0)])
+    dx = _taps(dy_wide, jnp.flip(w[:, :, 0], (0, 1)), 1)
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    oh, ow = dy.shape[1:3]
+    dw = jnp.stack([jnp.stack([jnp.sum(xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+                                       * dy, (0, 1, 2)) for j in range(k[1])]) for i in range(k[0])])
+    return dx, dw[:, :, None, :].astype(w.dtype)
+
+
+depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
+
+
+class DepthwiseConv(nn.Module):
+    """A bias-free depthwise kxk convolution by `depthwise_conv2d`; its parameters are those of
+    `nn.Conv(C, (k, k), feature_group_count=C, use_bias=False)`: kernel (k, k, 1, C), drawn by `conv_init`."""
+
+    kernel: int = 3
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", conv_init, (self.kernel, self.kernel, 1, x.shape[-1]), jnp.float32)
+        return depthwise_conv2d(x, w.astype(x.dtype), self.stride, self.kernel // 2)
+
+
+class PointwiseConv(nn.Module):
+    """A bias-free 1x1 convolution as one matmul over the channels: XLA's CPU backend runs this 3-6x faster,
+    forward and backward, than the same convolution through `lax.conv_general_dilated` at MobileNetS's shapes.
+    Its parameters are those of `nn.Conv(features, (1, 1), use_bias=False)`: kernel (1, 1, C, features)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("kernel", conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+        return jnp.einsum("nhwc,cf->nhwf", x, w[0, 0].astype(x.dtype))
 
 
 class InvertedResidual(nn.Module):
@@ -52,11 +124,11 @@ class InvertedResidual(nn.Module):
     @nn.compact
     def __call__(self, x):
         hidden = x.shape[-1] * self.expansion
-        out = _conv(hidden, 1, name="expand")(x)
+        out = PointwiseConv(hidden, name="expand")(x)
         out = nn.relu6(group_norm(hidden, self.groups, "expand_norm")(out))
-        out = _conv(hidden, 3, self.stride, groups=hidden, name="depthwise")(out)
+        out = DepthwiseConv(3, self.stride, name="depthwise")(out)
         out = nn.relu6(group_norm(hidden, self.groups, "depthwise_norm")(out))
-        out = _conv(self.features, 1, name="project")(out)
+        out = PointwiseConv(self.features, name="project")(out)
         out = group_norm(self.features, self.groups, "project_norm")(out)
         if self.stride == 1 and x.shape[-1] == self.features:
             out = out + x
@@ -85,7 +157,7 @@ class MobileNetS(nn.Module):
                 x = InvertedResidual(width, stride if j == 0 else 1, self.expansion, self.groups,
                                      name=f"stage{i + 1}/{j}")(x)
             self.sow("intermediates", f"stage{i + 1}", x)
-        x = _conv(self.last_width, 1, name="last")(x)
+        x = PointwiseConv(self.last_width, name="last")(x)
         x = nn.relu6(group_norm(self.last_width, self.groups, "last_norm")(x))
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(x)
