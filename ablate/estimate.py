@@ -90,6 +90,12 @@ class CpuModel:
 # (measured 43), mixup full 19 min (23).
 CPU = CpuModel(RUN_S, 99e9, 40e9, "2 CPU cores: measured step parts and whole studies, 2026-11 (+-25%)")
 
+# Other student families' FLOPs run at other rates than resnet_s's on a 2-core CPU: per FLOP of the student's part of
+# a funmatch step (the step less the teacher's 48% of resnet_s's), against resnet_s's, in one run of
+# benchmarks/bench_families.py (AVX2 EPYC, 2026-12-07): mobilenet_s's memory-bound 64-channel layers at 0.30x,
+# vit_s at 0.78x. Models not listed run at resnet_s's rate.
+CPU_STUDENT_RATE = {"mobilenet_s": 0.30, "vit_s": 0.78}
+
 
 @functools.lru_cache(maxsize=None)
 def forward_flops(model_name: str, num_classes: int, resolution: int, channels: int) -> float:
@@ -209,6 +215,7 @@ def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = f
                  f"{len(todo)} to run")
     lines = [head, f"  {study.question}", ""]
     total_steps, train_flops, eval_flops, once, unknown = 0, 0.0, 0.0, {}, 0
+    student_cpu = 0.0  # the student's FLOPs, each model's at resnet_s's CPU rate (CPU_STUDENT_RATE)
     costs = {cell.run_id: cell_cost(cell.config) for cell in todo}
     for cell in grid:  # in grid order, done or not
         point = " ".join(f"{k}={v}" for k, v in cell.point.items())
@@ -225,6 +232,8 @@ def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = f
         total_steps += c["steps"] or 0
         train_flops += c["train_flops"] or 0.0
         eval_flops += c["eval_flops"] or 0.0
+        student = (c["train_flops"] or 0.0) - c["teacher_train_flops"] + (c["eval_flops"] or 0.0)
+        student_cpu += student / CPU_STUDENT_RATE.get(cell.config.model, 1.0)
         once.update(c["once"])
     once_flops = sum(once.values())
     total = train_flops + eval_flops + once_flops
@@ -249,7 +258,7 @@ def describe_grid(study, grid, preset, cohort_size: int = 1, done: frozenset = f
         lines.append(f"  {unknown} run(s) could not be costed and count as 0")
     steps = program_steps(groups, costs)
     in_steps = sum(c["teacher_train_flops"] for c in costs.values())  # the teacher's forward in training steps
-    cpu = CPU.seconds(len(todo), in_steps - shared + once_flops, train_flops - in_steps + eval_flops)
+    cpu = CPU.seconds(len(todo), in_steps - shared + once_flops, student_cpu)
     lines.append(f"  estimated on {'cpu-2core':<14} {_duration(cpu):>11}   ({CPU.note})")
     for machine, m in MACHINES.items():
         lines.append(f"  estimated on {machine:<14} {_duration(m.seconds(total, steps, len(todo))):>11}   ({m.note})")

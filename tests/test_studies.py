@@ -262,6 +262,26 @@ def test_dry_run_costs_small_models_by_their_steps_on_gpus(tmp_path):
     assert CPU.seconds(0, 0.0, 1e12) > CPU.seconds(0, 1e12, 0.0)
 
 
+def test_dry_run_costs_each_student_family_at_its_cpu_rate(tmp_path, capsys, monkeypatch):
+    """A student family whose FLOPs run slower on a CPU than resnet_s's (CPU_STUDENT_RATE, measured by
+    bench_families) costs more CPU time than its FLOPs alone say; GPU rows, compute- or step-bound, do not change."""
+    from ablate import estimate
+
+    assert 0 < estimate.CPU_STUDENT_RATE["mobilenet_s"] < estimate.CPU_STUDENT_RATE["vit_s"] < 1
+    study = write(tmp_path, "tiny", TINY)
+
+    def rows():
+        assert main(["run", study, "--dry-run"]) == 0
+        return {line.split()[2]: line.split()[3:5] for line in capsys.readouterr().out.splitlines()
+                if "estimated on" in line}
+
+    before = rows()
+    monkeypatch.setitem(estimate.CPU_STUDENT_RATE, "resnet_xs", 1e-4)  # the tiny study's student, 10,000x slower
+    after = rows()
+    assert after["cpu-2core"] != before["cpu-2core"] and after["cpu-2core"][1] in ("h", "days")
+    assert {k: v for k, v in after.items() if k != "cpu-2core"} == {k: v for k, v in before.items() if k != "cpu-2core"}
+
+
 def test_dry_run_rows_are_never_below_a_second_for_real_work(tmp_path, capsys):
     """No machine row claims a study of real runs takes under a second: each has a measured floor (a CPU's cost per
     run, a GPU's per step), and machines with none measured (TPUs) are not estimated."""
