@@ -14,7 +14,6 @@ time / resnet_s's.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 from benchmarks import common
 
@@ -59,13 +58,6 @@ def main(argv=None) -> dict:
     ap = common.parser(__doc__, block_s=5.0, impls=None)
     args = ap.parse_args(argv)
 
-    def traced_under(ctx, fn):
-        @functools.wraps(fn)
-        def wrapped(*a, **k):
-            with ctx():
-                return fn(*a, **k)
-        return wrapped
-
     steps = {}
     for name, student, ctx in (("resnet_s", "resnet_s", contextlib.nullcontext),
                                ("mobilenet_s", "mobilenet_s", contextlib.nullcontext),
@@ -73,7 +65,7 @@ def main(argv=None) -> dict:
                                ("vit_s", "vit_s", contextlib.nullcontext)):
         with ctx():
             step = common.make_jax_step("funmatch", args.batch, student=student)
-        step.step = traced_under(ctx, step.step)  # jax traces at the first call
+        step.step = common.traced_under(ctx, step.step)  # jax traces at the first call
         steps[name] = step
         print(f"built {name}", flush=True)
     times = common.alternate({k: s.run for k, s in steps.items()}, args.reps, args.block_s)

@@ -110,10 +110,8 @@ def main(argv=None) -> dict:
     study = pathlib.Path(args.study).resolve() if args.study else tmp / "bench_versions_study.py"
     if not args.study:
         study.write_text(STUDY_FILE.format(epochs=[int(e) for e in args.epochs.split(",")], seeds=args.seeds))
-    base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    head_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+    base_rev, head_rev = (subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
+                                         text=True, check=True).stdout.strip() for rev in (args.base, "HEAD"))
     codes = {"base": checkout(args.base, tmp / "base"), "head": ROOT}
     print(f"base {base_rev} in {codes['base']}; head: this checkout (HEAD {head_rev}); study {study}", flush=True)
 

@@ -287,10 +287,16 @@ def _variants(impl: str, groupnorm: str = "ablate"):
 
 def _traced_under(fn, impl, groupnorm: str = "ablate"):
     """`fn` that re-enters the model variants whenever jax traces it (tracing happens at the first call)."""
+    return traced_under(lambda: _variants(impl, groupnorm), fn)
+
+
+def traced_under(context: Callable, fn):
+    """`fn` called inside `context()` (a context manager factory), so that a model variant swapped in by it is
+    in place whenever jax traces `fn`."""
 
     @functools.wraps(fn)
     def wrapped(*a, **k):
-        with _variants(impl, groupnorm):
+        with context():
             return fn(*a, **k)
 
     return wrapped

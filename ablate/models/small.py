@@ -42,13 +42,19 @@ def _conv(features: int, kernel: int, stride: int = 1, name: str | None = None) 
                    use_bias=False, kernel_init=conv_init, name=name)
 
 
+def _windows(x: jax.Array, k: tuple[int, int], stride: int):
+    """For each tap (i, j) of a kh x kw kernel, the shifted, strided slice of the padded x (N, H, W, C) that the
+    tap multiplies at every output position."""
+    oh, ow = (x.shape[1] - k[0]) // stride + 1, (x.shape[2] - k[1]) // stride + 1
+    for i in range(k[0]):
+        for j in range(k[1]):
+            yield i, j, x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :]
+
+
 def _taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """Each channel of the padded x (N, H, W, C) correlated with its own kernel w (kh, kw, C): a sum of kh x kw
-    shifted, strided slices, each scaled per channel (elementwise work XLA fuses)."""
-    kh, kw = w.shape[:2]
-    oh, ow = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
-    return sum(x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, :] * w[i, j]
-               for i in range(kh) for j in range(kw))
+    """Each channel of the padded x (N, H, W, C) correlated with its own kernel w (kh, kw, C): the sum of the
+    kernel's windows, each scaled per channel (elementwise work XLA fuses)."""
+    return sum(window * w[i, j] for i, j, window in _windows(x, w.shape[:2], stride))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -60,27 +66,29 @@ def depthwise_conv2d(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.A
     128-image batch), so a MobileNet student took 4 s a step. Equal to the grouped convolution and to jax's
     gradients of it up to float rounding. Reverse mode only (a `jax.custom_vjp`).
     """
-    return _taps(jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))), w[:, :, 0], stride)
+    return _taps(_pad(x, pad), w[:, :, 0], stride)
+
+
+def _pad(x: jax.Array, pad: int) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 
 def _depthwise_fwd(x, w, stride, pad):
-    return depthwise_conv2d(x, w, stride, pad), (x, w)
+    xp = _pad(x, pad)  # kept for the kernel's gradient, which reads the same windows
+    return _taps(xp, w[:, :, 0], stride), (xp, w)
 
 
 def _depthwise_bwd(stride, pad, res, dy):
     """The input's gradient: dy dilated by the stride and padded, correlated with the flipped kernel; the
     kernel's, per tap, the sum over images and positions of the tap's slice of x times dy."""
-    x, w = res
+    xp, w = res
     k = w.shape[:2]
     span = [(m - 1) * stride + 1 for m in dy.shape[1:3]]  # dy's extent once dilated by the stride
-    dilate = [(k_ - 1 - pad, n + pad - sp, stride - 1) for k_, n, sp in zip(k, x.shape[1:3], span)]
+    dilate = [(k_ - 1 - pad, n - pad - sp, stride - 1) for k_, n, sp in zip(k, xp.shape[1:3], span)]
     dy_wide = jax.lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), *dilate, (0, 0, 0)])
     dx = _taps(dy_wide, jnp.flip(w[:, :, 0], (0, 1)), 1)
-    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    oh, ow = dy.shape[1:3]
-    dw = jnp.stack([jnp.stack([jnp.sum(xp[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-                                       * dy, (0, 1, 2)) for j in range(k[1])]) for i in range(k[0])])
-    return dx, dw[:, :, None, :].astype(w.dtype)
+    dw = jnp.stack([jnp.sum(window * dy, (0, 1, 2)) for _, _, window in _windows(xp, k, stride)])
+    return dx, dw.reshape(*k, 1, -1).astype(w.dtype)
 
 
 depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
