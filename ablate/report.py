@@ -336,9 +336,9 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
               f"`ablate report {called}{report_flags}` (this page).", ""]
     if n_done:
         shows_test = any("test/" in m for m in metrics)
-        teacher_acc = runs["teacher/test/acc"].dropna().unique() if "teacher/test/acc" in runs else []
-        if len(teacher_acc) and shows_test:
-            lines += [f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in teacher_acc)}.", ""]
+        teacher_line = teacher_accuracy(runs)
+        if teacher_line and shows_test:
+            lines += [teacher_line, ""]
         by = axes or ["policy"]
         table = summarize(runs, by, metrics=metrics)
         rank = rank_metric([m for m in metrics if m in table])
@@ -352,6 +352,7 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
             lines += [f"Total training wall time: {training_minutes(runs):.1f} min over {n_done} runs.", ""]
         if x == "epochs":  # how far each policy gets from the label-only student towards the teacher
             lines += gap_table(runs, [a for a in by if a != x] or ["policy"], x)
+        lines += teacher_agreement_table(runs, by)
         number = 0
         for name in study.figures:
             made = FIGURE_FNS[name](runs, hist, x, hue, axes=axes, title=short_title(study.question))
@@ -373,6 +374,47 @@ def render(study: Study, preset: str | None, *, source: str = "local", store: Ru
                   "the run folders hold configs and metric histories).", ""]
     (out / "report.md").write_text("\n".join(lines))
     return out
+
+
+def teacher_agreement_table(runs: pd.DataFrame, by: list[str], split: str = "test") -> list[str]:
+    """report.md's lines for the student's top-1 agreement with each teacher and with their ensemble, per group of
+    `by` (mean ± std over seeds), where some runs have several teachers ('a+b'); no lines otherwise. A one-teacher
+    run's agreement counts for its teacher's column; a several-teacher run's ensemble column is its `agree_top1`."""
+    if "teacher" not in runs or not runs["teacher"].astype(str).str.contains("+", regex=False).any():
+        return []
+    done = runs[runs.status == "done"] if "status" in runs else runs
+    names = list(dict.fromkeys(n for t in done["teacher"].dropna().astype(str) for n in t.split("+")))
+    whole = f"last/{split}/agree_top1"
+    several = done["teacher"].astype(str).str.contains("+", regex=False)
+    columns = {}
+    for name in names:
+        own = done[f"{whole}/{name}"] if f"{whole}/{name}" in done else pd.Series(np.nan, index=done.index)
+        columns[f"`{name}` agree"] = own.where(several, done[whole].where(done["teacher"] == name))
+    columns["ensemble agree"] = done[whole].where(several)
+    table = summarize(done.assign(**columns), by, metrics=list(columns))
+    return ["## Agreement with each teacher", "", markdown_table(table, by), "",
+            f"Top-1 agreement (%) of the student with each teacher and with the ensemble of a run's teachers (mean "
+            f"probabilities) on the {split} split at the end of training; mean ± std over seeds; -: not one of the "
+            "run's teachers.", ""]
+
+
+def teacher_accuracy(runs: pd.DataFrame) -> str | None:
+    """report.md's line of teacher test accuracy: the one teacher's; or, where runs name several teachers ('a+b'),
+    each teacher's and each ensemble's (mean probabilities) by name. None where no run has a teacher."""
+    if "teacher/test/acc" not in runs or runs["teacher/test/acc"].isna().all():
+        return None
+    t = runs.dropna(subset=["teacher/test/acc"])
+    if "teacher" not in t or (t["teacher"].nunique() == 1 and "+" not in str(t["teacher"].iloc[0])):
+        return f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in t['teacher/test/acc'].unique())}."
+    accs = t.groupby(t["teacher"].astype(str))["teacher/test/acc"].first()
+    single = {name: acc for name, acc in accs.items() if "+" not in name}
+    for column in t.columns:  # each member of an ensemble, as a several-teacher run records it
+        member = re.fullmatch(r"teacher/(.+)/test/acc", column)
+        if member and t[column].notna().any():
+            single.setdefault(member[1], t[column].dropna().iloc[0])
+    line = "Teachers' test accuracy: " + ", ".join(f"`{name}` {100 * acc:.2f}%" for name, acc in single.items())
+    ensembles = [f"`{name}` {100 * acc:.2f}%" for name, acc in accs.items() if "+" in name]
+    return line + ("; their ensembles' (mean probabilities): " + ", ".join(ensembles) if ensembles else "") + "."
 
 
 def describe_source(source: str, store: RunStore, group: str | None = None) -> str:
@@ -536,7 +578,34 @@ def _teachers(runs: pd.DataFrame) -> list[tuple[str, float]]:
     t = runs.dropna(subset=["teacher/test/acc"])
     names = t["teacher"].astype(str) if "teacher" in t else pd.Series("teacher", index=t.index)
     accs = t.groupby(names)["teacher/test/acc"].first()
-    return [("teacher" if len(accs) == 1 else f"teacher {name}", 100 * acc) for name, acc in accs.items()]
+    if len(accs) == 1:
+        return [("teacher", 100 * accs.iloc[0])]
+    sizes = [name.count("+") + 1 for name in accs.index]
+    return [(f"teacher {name}" if n == 1 else f"ensemble of {n}" if sizes.count(n) == 1 else f"ensemble {name}",
+             100 * acc) for (name, acc), n in zip(accs.items(), sizes)]
+
+
+TEACHER_DASHES = ("--", "-.", ":", (0, (6, 2, 1, 2)), (0, (1, 1)))
+"""Dash patterns that tell several teachers' (and ensembles') reference lines apart."""
+
+
+def _teacher_references(ax, runs: pd.DataFrame, vertical: bool = False) -> list[float]:
+    """The teachers' test accuracy as black reference lines; returns the values, for zooming. One teacher is named
+    on its line; several (teachers or their ensembles) differ in dash pattern and are named in the legend, since
+    names on lines a fraction of a point apart would overlap."""
+    refs = _teachers(runs)
+    for i, (label, acc) in enumerate(refs):
+        if len(refs) == 1:
+            _reference(ax, acc, label, vertical=vertical)
+        else:
+            (ax.axvline if vertical else ax.axhline)(acc, color="k", lw=1.2, ls=TEACHER_DASHES[i % len(TEACHER_DASHES)],
+                                                     label=f"{label}: {acc:.1f}%")
+    return [acc for _, acc in refs]
+
+
+def _teacher_note(runs: pd.DataFrame, one: str = "dashed black: the teacher") -> str:
+    """A caption's words for `_teacher_references`' lines."""
+    return one if len(_teachers(runs)) < 2 else "black lines: each teacher and ensemble, by dash pattern (legend)"
 
 
 def _reference(ax, value: float, label: str, vertical: bool = False, colour: str = "k", ls: str = "--"):
@@ -562,16 +631,39 @@ def _by_last_value(df: pd.DataFrame, x: str, y: str) -> list:
     return list(last.sort_values(ascending=False).index) + [v for v in dict.fromkeys(df["_line"]) if v not in last]
 
 
-def _lines(ax, df: pd.DataFrame, x: str, y: str, palette: dict, spread: bool) -> list[float]:
-    """One line per `_line` level (mean over seeds, ± 1 std band when `spread`); label-only ones dashed grey.
-    Returns the plotted extents, for zooming."""
+DASHES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+"""Line style and marker per level of a second axis, where colours alone cannot tell the lines apart."""
+
+
+def _two_axis_styles(done: pd.DataFrame, keys: list[str], order: list) -> tuple[dict, dict]:
+    """Past 8 lines of two axes: one colour per level of the axis with more levels, one line style and marker per
+    level of the other (at most 4), instead of one colour per line. Returns ({line: colour}, {line: (ls, marker)}),
+    or a palette of its own per line and no styles where that does not apply."""
+    if len(keys) != 2 or len(order) <= 8:
+        return _palette(order), {}
+    levels = {k: _labels(done, [k]) for k in keys}
+    coloured, dashed = sorted(keys, key=lambda k: -levels[k].nunique())
+    if levels[dashed].nunique() > len(DASHES):
+        return _palette(order), {}
+    of_line = pd.DataFrame({"line": _labels(done, keys), "c": levels[coloured], "d": levels[dashed]})
+    of_line = of_line.drop_duplicates("line").set_index("line").loc[[o for o in order if o in set(of_line.line)]]
+    colours = _palette(dict.fromkeys(of_line["c"]))
+    dashes = dict(zip(dict.fromkeys(of_line["d"]), DASHES))
+    return ({line: colours[r.c] for line, r in of_line.iterrows()},
+            {line: dashes[r.d] for line, r in of_line.iterrows()})
+
+
+def _lines(ax, df: pd.DataFrame, x: str, y: str, palette: dict, spread: bool, styles: dict | None = None
+           ) -> list[float]:
+    """One line per `_line` level (mean over seeds, ± 1 std band when `spread`); label-only ones dashed grey;
+    `styles` ({level: (line style, marker)}) where colour is shared. Returns the plotted extents, for zooming."""
     extent = []
     for level, colour in palette.items():
         g = df[df["_line"] == level].groupby(x)[y].agg(["mean", "std"])
         if g.empty:
             continue
-        ref = level in LABEL_ONLY.values()
-        ax.plot(g.index, g["mean"], color=colour, ls="--" if ref else "-", marker="o", ms=4, lw=1.6, label=level)
+        ls, marker = (styles or {}).get(level, ("--" if level in LABEL_ONLY.values() else "-", "o"))
+        ax.plot(g.index, g["mean"], color=colour, ls=ls, marker=marker, ms=4, lw=1.6, label=level)
         lo, hi = g["mean"] - g["std"].fillna(0), g["mean"] + g["std"].fillna(0)
         if spread:
             ax.fill_between(g.index, lo, hi, color=colour, alpha=0.15, lw=0)
@@ -623,9 +715,7 @@ def fig_final(runs, hist, x, hue, axes=(), title=""):
             ax.annotate(f"{means[label]:.1f}", (means[label], i), xytext=(0, 7), textcoords="offset points",
                         ha="center", fontsize=8)
     extent = [*cells_[RANK_METRIC]]
-    for label, acc in _teachers(done):
-        _reference(ax, acc, label, vertical=True)
-        extent.append(acc)
+    extent += _teacher_references(ax, done, vertical=True)
     if len(ref):
         acc = ref[RANK_METRIC].mean()
         _reference(ax, acc, LABEL_ONLY.get(ref["policy"].iloc[0], "label-only"), vertical=True, colour="#7f7f7f",
@@ -634,11 +724,11 @@ def fig_final(runs, hist, x, hue, axes=(), title=""):
     _zoom(ax.set_xlim, extent)
     ax.set_xlabel(display(RANK_METRIC))
     ax.set_ylabel(display(x))
-    if hue:  # (without one, the reference lines are named on the lines alone)
-        ax.legend(title=display(hue), fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if hue or len(_teachers(done)) > 1:  # (otherwise the reference lines are named on the lines alone)
+        ax.legend(title=display(hue) if hue else None, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(title)
     what = "per " + display(x) + (f" and {display(hue)}" if hue else ", best at the top")
-    refs = "dashed: the teacher" + ("; dotted: the label-only student" if len(ref) else "")
+    refs = _teacher_note(done, "dashed: the teacher") + ("; dotted: the label-only student" if len(ref) else "")
     return fig, f"Student test accuracy at the end of training {what}; {refs}; {_spread_note(seeds, 'error bars')}."
 
 
@@ -663,9 +753,7 @@ def fig_patience(runs, hist, x, hue, axes=(), title=""):
     palette = _palette(_by_last_value(df, "epochs", RANK_METRIC))
     bands = bool(seeds) and len(palette) <= BANDS_UP_TO
     extent = _lines(ax, df, "epochs", RANK_METRIC, palette, bands)
-    for label, acc in _teachers(done):
-        _reference(ax, acc, label)
-        extent.append(acc)
+    extent += _teacher_references(ax, done)
     _zoom(ax.set_ylim, extent)
     ax.set_ylabel(display(RANK_METRIC))
     epochs = sorted(done["epochs"].unique())
@@ -696,7 +784,7 @@ def fig_patience(runs, hist, x, hue, axes=(), title=""):
         ax.set_title(title)
     label_only = _label_only(done).any()
     left = (f"student test accuracy at the end of training against schedule length, per "
-            f"{', '.join(display(k) for k in keys) or 'cell'}; dashed black: the teacher"
+            f"{', '.join(display(k) for k in keys) or 'cell'}; {_teacher_note(done)}"
             + ("; grey dashed: the label-only student" if label_only else ""))
     spread = _spread_note(seeds, "shaded", len(palette))
     if not len(gaps):
@@ -740,16 +828,17 @@ def fig_loss_vs_acc(runs, hist, x, hue, axes=(), title=""):
             plt.Line2D([], [], marker="o", ls="", color=c, label=level) for level, c in _palette(levels).items()]
         ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     extent = [*df[RANK_METRIC]]
-    for label, acc in _teachers(done):
-        _reference(ax, acc, label)
-        extent.append(acc)
+    extent += _teacher_references(ax, done)
+    if named and len(_teachers(done)) > 1:  # several teachers' lines are named in a legend
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     _zoom(ax.set_ylim, extent)
     _log_axis(ax.xaxis, df["last/train/loss"])
     ax.set_xlabel(display("last/train/loss") + ", log scale")
     ax.set_ylabel(display(RANK_METRIC))
     ax.set_title(title)
     return fig, ("Each point is one run: the distillation loss it reached on its training batches against its test "
-                 "accuracy" + (", marker size = schedule length" if sized else "") + "; dashed: the teacher. "
+                 "accuracy" + (", marker size = schedule length" if sized else "")
+                 + f"; {_teacher_note(done, 'dashed: the teacher')}. "
                  "Label-only students are left out: their training loss is label cross-entropy.")
 
 
@@ -773,17 +862,15 @@ def fig_curves(runs, hist, x, hue, axes=(), title=""):
         return None
     h = _pct(h, panels)
     seeds = _seeds(done, keys)
-    palette = _palette(_by_last_value(h.dropna(subset=[panels[0]]), "epoch", panels[0]))
+    palette, styles = _two_axis_styles(done, keys, _by_last_value(h.dropna(subset=[panels[0]]), "epoch", panels[0]))
     log_x = "eval_spacing" in done and bool((done["eval_spacing"] == "log").all())  # evaluated log-uniformly
     fig, axs = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
     for ax, m in zip(axs[0], panels):
         data = h.dropna(subset=[m])
         data = data[~data["_ref"]] if m != "test/acc" else data  # the label-only student has no teacher to agree with
-        extent = _lines(ax, data, "epoch", m, palette, bool(seeds) and len(palette) <= BANDS_UP_TO)
+        extent = _lines(ax, data, "epoch", m, palette, bool(seeds) and len(palette) <= BANDS_UP_TO, styles)
         if m == "test/acc":
-            for label, acc in _teachers(done):
-                _reference(ax, acc, label)
-                extent.append(acc)
+            extent += _teacher_references(ax, done)
         _zoom(ax.set_ylim, extent)
         ax.set_title(display(m))
         ax.set_xlabel(display("epoch") + (", log scale" if log_x else ""))
@@ -794,11 +881,13 @@ def fig_curves(runs, hist, x, hue, axes=(), title=""):
                fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
-    return fig, ("Test accuracy and top-1 agreement with the teacher over training"
+    several = "teacher" in done and done["teacher"].astype(str).str.contains("+", regex=False).any()
+    return fig, ("Test accuracy and top-1 agreement with the teacher"
+                 + (" (a run with several teachers: with their ensemble)" if several else "") + " over training"
                  + (f" at the longest schedule ({longest:g} epochs)" if longest else "")
                  + f", at each run's {evals - 1} evaluations after step 0"
                  + (", spaced log-uniformly (log axis)" if log_x else "")
-                 + " (step 0, the untrained student at chance level, is left out); dashed black: the teacher"
+                 + f" (step 0, the untrained student at chance level, is left out); {_teacher_note(done)}"
                  + ("; grey dashed: the label-only student" if _label_only(done).any() else "")
                  + f"; {_spread_note(seeds, 'shaded', len(palette))}.")
 

@@ -291,3 +291,75 @@ def test_loss_vs_acc_sizes_each_schedule_by_its_rank(tmp_path):
     steps = np.diff([areas[e] for e in ("10", "30", "1000", "3000")])
     assert steps == pytest.approx([steps[0]] * 3) and steps[0] > 0
     assert "marker size = schedule length" in caption
+
+
+def test_teacher_line_names_each_teacher_and_each_ensemble():
+    """One teacher: its accuracy alone, as before several teachers existed. Several ('a+b'): each teacher by name,
+    members taken from the several-teacher runs' records, and each ensemble by name; label-only runs add nothing."""
+    one = pd.DataFrame({"teacher": ["ta", "ta", None], "teacher/test/acc": [0.9, 0.9, np.nan]})
+    assert report.teacher_accuracy(one) == "Teacher test accuracy: 90.00%."
+    assert report.teacher_accuracy(one.assign(**{"teacher/test/acc": np.nan})) is None
+    several = pd.DataFrame({"teacher": ["ta", "ta+tb", "ta+tb+tc", None],
+                            "teacher/test/acc": [0.9, 0.91, 0.925, np.nan],
+                            "teacher/ta/test/acc": [np.nan, 0.9, 0.9, np.nan],
+                            "teacher/tb/test/acc": [np.nan, 0.89, 0.89, np.nan],
+                            "teacher/tc/test/acc": [np.nan, np.nan, 0.915, np.nan]})
+    assert report.teacher_accuracy(several) == (
+        "Teachers' test accuracy: `ta` 90.00%, `tb` 89.00%, `tc` 91.50%; "
+        "their ensembles' (mean probabilities): `ta+tb` 91.00%, `ta+tb+tc` 92.50%.")
+
+
+def test_curves_of_two_axes_past_eight_lines_colour_one_axis_and_dash_the_other(tmp_path):
+    """15 loss x policy lines: a colour per loss (the axis with more levels), a line style and marker per policy, so
+    that every line differs from every other in colour or style; few lines keep one colour each."""
+    losses, policies = ["kl", "dist", "kl(ls=2)", "dkd(temperature=4)", "kl + 0.5*label_ce"], ["funmatch", "same/ic",
+                                                                                             "fix/rs"]
+    zoo = Study(name="zoo", question="Which loss?", base=dict(STUDY.base), axes=dict(loss=losses, policy=policies),
+                presets=dict(one=dict(seeds=1)), x="loss", hue="policy", figures=("curves",))
+    store = RunStore(tmp_path / "store")
+    acc = {(lo, p): 0.6 + 0.01 * i + 0.001 * j for i, lo in enumerate(losses) for j, p in enumerate(policies)}
+    fake_runs(store, zoo, "one", lambda c: {"last/test/acc": acc[c.point["loss"], c.point["policy"]],
+                                            "teacher/test/acc": 0.9},
+              lambda c: [{"step": s, "epoch": e, "test/acc": acc[c.point["loss"], c.point["policy"]] * e / 4,
+                          "test/agree_top1": 0.5} for s, e in ((0, 0.0), (4, 2.0), (8, 4.0))])
+    runs, hist, _ = report.study_frames(zoo, "one", "local", store)
+    fig, _ = report.fig_curves(runs, hist, "loss", "policy", axes=["loss", "policy"], title="Which loss?")
+    lines = {ln.get_label(): (matplotlib.colors.to_hex(ln.get_color()), ln.get_linestyle(), ln.get_marker())
+             for ln in fig.axes[0].lines if not ln.get_label().startswith("teacher")}
+    assert len(lines) == 15 and len(set(lines.values())) == 15
+    for lo in losses:
+        assert len({lines[f"{lo}, {p}"][0] for p in policies}) == 1
+    for p in policies:
+        assert len({lines[f"{lo}, {p}"][1:] for lo in losses}) == 1
+    assert len({lines[f"{lo}, funmatch"][0] for lo in losses}) == 5
+    assert len({lines[f"kl, {p}"][1:] for p in policies}) == 3
+    few, _ = report.fig_curves(runs[runs["loss"].isin(losses[:2])], hist, "loss", "policy", axes=["loss", "policy"])
+    assert len({ln.get_color() for ln in few.axes[0].lines if not ln.get_label().startswith("teacher")}) == 6
+
+
+def test_agreement_with_each_teacher_by_hand():
+    """Per cell, mean ± std over seeds of the agreement with each teacher and with the ensemble: a one-teacher run
+    fills its teacher's column, a several-teacher run each member's and the ensemble's; no section with one teacher."""
+    runs = pd.DataFrame({
+        "n_teachers": ["1", "1", "2", "2"], "status": "done", "teacher": ["ta", "ta", "ta+tb", "ta+tb"],
+        "last/test/agree_top1": [0.80, 0.82, 0.90, 0.92],
+        "last/test/agree_top1/ta": [np.nan, np.nan, 0.85, 0.87],
+        "last/test/agree_top1/tb": [np.nan, np.nan, 0.70, 0.70]})
+    lines = "\n".join(report.teacher_agreement_table(runs, ["n_teachers"])).splitlines()
+    assert lines[0] == "## Agreement with each teacher"
+    assert "| n_teachers | n | `ta` agree (%) | `tb` agree (%) | ensemble agree (%) |" in lines
+    assert "| 1 | 2 | 81.00 ± 1.41 | - | - |" in lines
+    assert "| 2 | 2 | 86.00 ± 1.41 | 70.00 ± 0.00 | 91.00 ± 1.41 |" in lines
+    assert report.teacher_agreement_table(runs[runs.teacher == "ta"], ["n_teachers"]) == []
+
+
+def test_several_teachers_reference_lines_differ_and_are_named_in_the_legend():
+    runs = pd.DataFrame({"n_teachers": ["1", "2", "3"], "status": "done", "teacher": ["ta", "ta+tb", "ta+tb+tc"],
+                         "last/test/acc": [0.80, 0.81, 0.82], "teacher/test/acc": [0.90, 0.91, 0.92]})
+    fig, caption = report.fig_final(runs, pd.DataFrame(), "n_teachers", None)
+    refs = [ln for ln in fig.axes[0].lines if ln.get_label().startswith(("teacher", "ensemble"))]
+    assert [ln.get_label() for ln in refs] == ["teacher ta: 90.0%", "ensemble of 2: 91.0%", "ensemble of 3: 92.0%"]
+    assert len({ln.get_linestyle() for ln in refs}) == 3
+    assert [t.get_text() for t in fig.axes[0].texts] == ["82.0", "81.0", "80.0"]  # the means, best first; no names
+    assert "ensemble of 3: 92.0%" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "each teacher and ensemble, by dash pattern" in caption
