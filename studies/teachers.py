@@ -1,8 +1,8 @@
 """Several teachers: does function matching from two or three teachers, summed or ensembled, beat one teacher?
 
 The teachers: fmnist_t, fmnist_t_s1 (its recipe, another seed) and fmnist_t_deep (two units per stage), all on the
-same view of each example. The first run trains the teachers not cached yet (`ablate teacher train NAME`: about
-20 min each on 2 CPU cores, fmnist_t_deep about twice that). The one-teacher cells are the `consistency` study's
+same view of each example. The first run trains the teachers not cached yet (`ablate teacher train NAME`:
+fmnist_t_s1 29 min, fmnist_t_deep 45 min, measured on 2 CPU cores shared with another job). The one-teacher cells are the `consistency` study's
 funmatch cells (the same run ids): a store that has those reuses them.
 """
 
