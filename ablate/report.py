@@ -380,12 +380,12 @@ def teacher_agreement_table(runs: pd.DataFrame, by: list[str], split: str = "tes
     """report.md's lines for the student's top-1 agreement with each teacher and with their ensemble, per group of
     `by` (mean ± std over seeds), where some runs have several teachers ('a+b'); no lines otherwise. A one-teacher
     run's agreement counts for its teacher's column; a several-teacher run's ensemble column is its `agree_top1`."""
-    if "teacher" not in runs or not runs["teacher"].astype(str).str.contains("+", regex=False).any():
+    if not _several(runs).any():
         return []
     done = runs[runs.status == "done"] if "status" in runs else runs
     names = list(dict.fromkeys(n for t in done["teacher"].dropna().astype(str) for n in t.split("+")))
     whole = f"last/{split}/agree_top1"
-    several = done["teacher"].astype(str).str.contains("+", regex=False)
+    several = _several(done)
     columns = {}
     for name in names:
         own = done[f"{whole}/{name}"] if f"{whole}/{name}" in done else pd.Series(np.nan, index=done.index)
@@ -401,12 +401,12 @@ def teacher_agreement_table(runs: pd.DataFrame, by: list[str], split: str = "tes
 def teacher_accuracy(runs: pd.DataFrame) -> str | None:
     """report.md's line of teacher test accuracy: the one teacher's; or, where runs name several teachers ('a+b'),
     each teacher's and each ensemble's (mean probabilities) by name. None where no run has a teacher."""
-    if "teacher/test/acc" not in runs or runs["teacher/test/acc"].isna().all():
+    accs = _teacher_accs(runs)
+    if not len(accs):
         return None
     t = runs.dropna(subset=["teacher/test/acc"])
-    if "teacher" not in t or (t["teacher"].nunique() == 1 and "+" not in str(t["teacher"].iloc[0])):
+    if "teacher" not in t or (len(accs) == 1 and not _several(t).any()):
         return f"Teacher test accuracy: {', '.join(f'{100 * a:.2f}%' for a in t['teacher/test/acc'].unique())}."
-    accs = t.groupby(t["teacher"].astype(str))["teacher/test/acc"].first()
     single = {name: acc for name, acc in accs.items() if "+" not in name}
     for column in t.columns:  # each member of an ensemble, as a several-teacher run records it
         member = re.fullmatch(r"teacher/(.+)/test/acc", column)
@@ -571,13 +571,25 @@ def _spread_note(seeds: str | None, drawn_as: str, lines: int = 0) -> str:
     return f"{drawn_as}: ± 1 std over {seeds} seeds"
 
 
-def _teachers(runs: pd.DataFrame) -> list[tuple[str, float]]:
-    """(label, test accuracy in %) of each distinct teacher of the runs."""
+def _several(runs: pd.DataFrame) -> pd.Series:
+    """Which runs distil from several teachers (`teacher` names joined by '+')."""
+    if "teacher" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["teacher"].astype(str).str.contains("+", regex=False)
+
+
+def _teacher_accs(runs: pd.DataFrame) -> pd.Series:
+    """Test accuracy (0-1) of each distinct teacher of the runs, by its `teacher` value ('a+b': their ensemble)."""
     if "teacher/test/acc" not in runs:
-        return []
+        return pd.Series(dtype=float)
     t = runs.dropna(subset=["teacher/test/acc"])
     names = t["teacher"].astype(str) if "teacher" in t else pd.Series("teacher", index=t.index)
-    accs = t.groupby(names)["teacher/test/acc"].first()
+    return t.groupby(names)["teacher/test/acc"].first()
+
+
+def _teachers(runs: pd.DataFrame) -> list[tuple[str, float]]:
+    """(label, test accuracy in %) of each distinct teacher of the runs."""
+    accs = _teacher_accs(runs)
     if len(accs) == 1:
         return [("teacher", 100 * accs.iloc[0])]
     sizes = [name.count("+") + 1 for name in accs.index]
@@ -881,9 +893,9 @@ def fig_curves(runs, hist, x, hue, axes=(), title=""):
                fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
-    several = "teacher" in done and done["teacher"].astype(str).str.contains("+", regex=False).any()
     return fig, ("Test accuracy and top-1 agreement with the teacher"
-                 + (" (a run with several teachers: with their ensemble)" if several else "") + " over training"
+                 + (" (a run with several teachers: with their ensemble)" if _several(done).any() else "")
+                 + " over training"
                  + (f" at the longest schedule ({longest:g} epochs)" if longest else "")
                  + f", at each run's {evals - 1} evaluations after step 0"
                  + (", spaced log-uniformly (log axis)" if log_x else "")
